@@ -1,0 +1,21 @@
+//! # fashion
+//!
+//! Tags photos of clothes: garment category, view of the shot and colours, each with a
+//! confidence. The pipeline, in the order a photo goes through it:
+//!
+//! - [`image`]: decode any common format into RGB ([`image::load`]).
+//! - [`preprocess`]: the one path from RGB to the model's input ([`Preprocess`]).
+//! - [`engine`]: ONNX Runtime ([`Engine`]).
+//! - [`model`]: a model file and its metadata ([`Model`]).
+//! - [`predict`]: photos to [`Prediction`]s ([`Classifier`]).
+//! - [`colour`]: colour maths, naming and the pixel palette.
+//! - [`data`], [`train`], [`eval`]: datasets, training the heads, measuring a model.
+
+pub mod engine;
+pub mod error;
+pub mod image;
+pub mod preprocess;
+
+pub use engine::Engine;
+pub use error::{Error, Result};
+pub use preprocess::Preprocess;

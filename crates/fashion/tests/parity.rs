@@ -1,0 +1,65 @@
+//! Golden parity: the engine reproduces PyTorch's backbone outputs on the reference input.
+//! Needs the shared weights folder (`FASHION_WEIGHTS`, default `../shared/weights` beside the
+//! checkout), so it is ignored by plain `cargo test` and run by `.ci/run` with `--ignored`.
+
+use std::path::PathBuf;
+
+use fashion::Engine;
+use ndarray::{Array4, ArrayD};
+
+fn weights_dir() -> PathBuf {
+    std::env::var_os("FASHION_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/weights"))
+}
+
+fn reference() -> (Array4<f32>, Vec<(String, ArrayD<f32>)>) {
+    let path = weights_dir().join("reference.safetensors");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let load = |name: &str| -> ArrayD<f32> {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::F32);
+        let data: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        ArrayD::from_shape_vec(t.shape().to_vec(), data).unwrap()
+    };
+    let input = load("input").into_dimensionality().unwrap();
+    let outs = ["pooled", "feat_s32"]
+        .iter()
+        .map(|n| (n.to_string(), load(n)))
+        .collect();
+    (input, outs)
+}
+
+fn check(model: PathBuf) {
+    let engine = Engine::load(&model, 2).unwrap();
+    let (input, expected) = reference();
+    let names: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let got = engine.run(input.view(), &names).unwrap();
+    for ((name, want), got) in expected.iter().zip(&got) {
+        assert_eq!(want.shape(), got.shape(), "{name}");
+        let max = want
+            .iter()
+            .zip(got.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{}: {name} max abs diff {max:e}", model.display());
+        assert!(max <= 1e-4, "{name}: max abs diff {max} > 1e-4");
+    }
+}
+
+#[test]
+#[ignore = "needs the shared weights folder; run by .ci/run"]
+fn backbone_matches_pytorch() {
+    check(weights_dir().join("efficientnet_lite0_imagenet.onnx"));
+}
+
+#[test]
+#[ignore = "needs the shared weights folder; run by .ci/run"]
+fn default_model_matches_pytorch() {
+    check(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/default.onnx"));
+}
