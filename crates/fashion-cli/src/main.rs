@@ -1,1 +1,42 @@
-fn main(){}
+//! The `fashion` command: parses flags, runs one subcommand, prints the error chain.
+
+mod classify;
+mod eval;
+mod model;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// Tag photos of clothes: category, view and colours.
+#[derive(Parser)]
+#[command(name = "fashion", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Tell the category, view and colours of photos.
+    Classify(classify::ClassifyArgs),
+    /// Measure a model on labelled photos.
+    Eval(eval::EvalArgs),
+    /// Train a model on labelled photos.
+    Train(train::TrainArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Classify(args) => classify::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

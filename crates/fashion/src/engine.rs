@@ -115,7 +115,11 @@ impl Engine {
                 ))
             }
         };
-        let outputs = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
         let mut metadata = HashMap::new();
         {
             let meta = session.metadata().map_err(bad)?;
@@ -148,7 +152,9 @@ impl Engine {
     pub fn run(&self, batch: ArrayView4<'_, f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>> {
         for o in outputs {
             if !self.outputs.iter().any(|n| n == o) {
-                return Err(Error::Engine(format!("the model has no output named {o:?}")));
+                return Err(Error::Engine(format!(
+                    "the model has no output named {o:?}"
+                )));
             }
         }
         let batch = batch.as_standard_layout();
@@ -156,7 +162,9 @@ impl Engine {
         let selector = outputs
             .iter()
             .fold(OutputSelector::no_default(), |s, o| s.with(*o));
-        let options = RunOptions::new().map_err(engine_err)?.with_outputs(selector);
+        let options = RunOptions::new()
+            .map_err(engine_err)?
+            .with_outputs(selector);
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let result = session
             .run_with_options(ort::inputs![self.input.as_str() => input], &options)

@@ -116,9 +116,7 @@ fn decode_jpeg(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<RgbIma
         } else {
             ((w * s).div_ceil(h).min(w), s.min(h))
         };
-        decoder
-            .scale(rw as u16, rh as u16)
-            .map_err(corrupt)?;
+        decoder.scale(rw as u16, rh as u16).map_err(corrupt)?;
     }
     let pixels = decoder.decode().map_err(corrupt)?;
     let info = decoder
@@ -152,14 +150,21 @@ fn decode_jpeg(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<RgbIma
         .ok_or_else(|| bad(path, BadImageKind::Corrupt, "JPEG: wrong pixel count"))?;
     let orientation = decoder
         .exif_data()
-        .and_then(|exif| Orientation::from_exif_chunk(exif.strip_prefix(b"Exif\0\0").unwrap_or(exif)))
+        .and_then(|exif| {
+            Orientation::from_exif_chunk(exif.strip_prefix(b"Exif\0\0").unwrap_or(exif))
+        })
         .unwrap_or(Orientation::NoTransforms);
     let mut img = DynamicImage::ImageRgb8(img);
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
 }
 
-fn decode_other(bytes: &[u8], format: ImageFormat, path: &Path, opts: &DecodeOptions) -> Result<RgbImage> {
+fn decode_other(
+    bytes: &[u8],
+    format: ImageFormat,
+    path: &Path,
+    opts: &DecodeOptions,
+) -> Result<RgbImage> {
     let corrupt = |e: image::ImageError| match e {
         image::ImageError::Limits(l) => bad(path, BadImageKind::TooLarge, l.to_string()),
         e => bad(path, BadImageKind::Corrupt, format!("{format:?}: {e}")),

@@ -19,3 +19,14 @@ pub mod preprocess;
 pub use engine::Engine;
 pub use error::{Error, Result};
 pub use preprocess::Preprocess;
+pub mod data;
+pub mod model;
+pub mod onnx;
+pub mod train;
+
+pub use model::Model;
+pub mod colour;
+pub mod predict;
+
+pub use predict::{Classifier, ClassifyOptions, Prediction};
+pub mod eval;

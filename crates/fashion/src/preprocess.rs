@@ -65,11 +65,41 @@ impl Preprocess {
         Ok(image::imageops::crop_imm(&resized, left, top, self.crop, self.crop).to_image())
     }
 
+    /// Decodes a photo and cuts the model's square from it: the one path every photo takes,
+    /// in training and in inference. Large JPEGs are decoded at a reduced scale that still leaves
+    /// at least `resize_shorter` pixels on the shorter side.
+    pub fn load(&self, path: &std::path::Path, max_pixels: u64) -> Result<RgbImage> {
+        let img = crate::image::load(path, &self.decode_options(max_pixels))?;
+        self.resize_and_crop(&img)
+    }
+
+    /// Like [`Preprocess::load`], for an encoded photo held in memory (`name` names it in errors).
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        name: &std::path::Path,
+        max_pixels: u64,
+    ) -> Result<RgbImage> {
+        let img = crate::image::decode(bytes, name, &self.decode_options(max_pixels))?;
+        self.resize_and_crop(&img)
+    }
+
+    fn decode_options(&self, max_pixels: u64) -> crate::image::DecodeOptions {
+        crate::image::DecodeOptions {
+            max_pixels,
+            min_shorter_side: self.resize_shorter,
+        }
+    }
+
     /// Writes the normalised CHW tensor of a `crop x crop` image into `out`, mirrored left-right
     /// when `flip` is set (the training augmentation).
     pub fn write_tensor(&self, img: &RgbImage, flip: bool, out: &mut [f32]) {
         let s = self.crop as usize;
-        assert_eq!(img.dimensions(), (self.crop, self.crop), "crop the image first");
+        assert_eq!(
+            img.dimensions(),
+            (self.crop, self.crop),
+            "crop the image first"
+        );
         assert_eq!(out.len(), self.tensor_len());
         let plane = s * s;
         for (y, row) in img.as_raw().chunks_exact(s * 3).enumerate() {
@@ -91,7 +121,9 @@ mod tests {
     #[test]
     fn crop_geometry_matches_reference() {
         let p = Preprocess::default();
-        let img = RgbImage::from_fn(300, 600, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 0]));
+        let img = RgbImage::from_fn(300, 600, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 0])
+        });
         let out = p.resize_and_crop(&img).unwrap();
         assert_eq!(out.dimensions(), (224, 224));
         // 300x600 -> 256x512; crop starts at x=16, y=144. The red channel is x, resized by 256/300.

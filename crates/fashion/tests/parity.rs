@@ -10,7 +10,9 @@ use ndarray::{Array4, ArrayD};
 fn weights_dir() -> PathBuf {
     std::env::var_os("FASHION_WEIGHTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/weights"))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/weights")
+        })
 }
 
 fn reference() -> (Array4<f32>, Vec<(String, ArrayD<f32>)>) {

@@ -1,0 +1,350 @@
+//! `fashion classify`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use fashion::colour::Vocabulary;
+use fashion::{Classifier, ClassifyOptions, Prediction};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Jsonl,
+    Csv,
+}
+
+/// Tell the category, view and colours of photos. Prints every photo that could be read, even
+/// when others fail; the exit code is 1 when any photo failed, 2 on a fatal error.
+#[derive(Args)]
+pub struct ClassifyArgs {
+    /// Photos: files, folders (searched recursively), glob patterns, or `-` to read paths from
+    /// standard input, one per line.
+    #[arg(required = true, value_name = "PHOTOS")]
+    inputs: Vec<String>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value = "table")]
+    format: Format,
+    /// Candidates listed per answer.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    top: u16,
+    /// Answers less confident than this say `unsure` (their candidates stay listed). 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    min_confidence: f32,
+    /// Model file (default: the built-in model).
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Colour vocabulary CSV (`name,family,hex`) replacing the built-in colour names.
+    #[arg(long, value_name = "FILE")]
+    colours: Option<PathBuf>,
+    /// Inference threads (0 = every core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Photos per model batch.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    batch: u16,
+    /// Photos with more pixels than this are refused.
+    #[arg(long, default_value_t = fashion::image::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+}
+
+const PHOTO_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+
+fn is_photo(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read folder {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if is_photo(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Expands the command line's inputs into photo paths, in the order given.
+pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input == "-" {
+            for line in std::io::stdin().lock().lines() {
+                let line = line.context("cannot read paths from standard input")?;
+                let line = line.trim();
+                if !line.is_empty() {
+                    out.push(PathBuf::from(line));
+                }
+            }
+            continue;
+        }
+        let p = Path::new(input);
+        if p.is_dir() && !is_photo(p) {
+            walk(p, &mut out)?;
+        } else if p.exists() || !input.contains(['*', '?', '[']) {
+            // A file (or a missing path, which gets its own error when read).
+            out.push(p.to_path_buf());
+        } else {
+            let matches: Vec<PathBuf> = glob::glob(input)
+                .with_context(|| format!("bad glob pattern {input:?}"))?
+                .filter_map(|m| m.ok())
+                .collect();
+            if matches.is_empty() {
+                bail!("no file matches {input:?}");
+            }
+            out.extend(matches);
+        }
+    }
+    Ok(out)
+}
+
+pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
+    if !(0.0..=1.0).contains(&args.min_confidence) {
+        bail!("--min-confidence must be between 0 and 1");
+    }
+    let paths = expand_inputs(&args.inputs)?;
+    if paths.is_empty() {
+        bail!("no photos found in the inputs");
+    }
+    let vocabulary = match &args.colours {
+        Some(p) => Vocabulary::from_file(p)?,
+        None => Vocabulary::default(),
+    };
+    let model = crate::model::load(args.model.as_deref(), args.threads)?;
+    let options = ClassifyOptions {
+        top_k: args.top.into(),
+        min_confidence: args.min_confidence,
+        max_pixels: args.max_pixels,
+        ..Default::default()
+    };
+    let classifier = Classifier::new(model, vocabulary, options);
+
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(paths.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} photos {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut writer = Writer::new(args.format, &mut out)?;
+    let mut failures = Vec::new();
+    let start = std::time::Instant::now();
+    for chunk in paths.chunks(usize::from(args.batch)) {
+        for (path, result) in chunk.iter().zip(classifier.classify_paths(chunk)) {
+            match result {
+                Ok(p) => writer.prediction(&p)?,
+                Err(e) => {
+                    writer.error(path, &e)?;
+                    failures.push(e);
+                }
+            }
+        }
+        writer.flush()?;
+        bar.inc(chunk.len() as u64);
+    }
+    writer.finish()?;
+    drop(writer);
+    out.flush()?;
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{} photos, {} classified, {} failed, {:.1} photos/s",
+        paths.len(),
+        paths.len() - failures.len(),
+        failures.len(),
+        paths.len() as f64 / secs.max(1e-9)
+    );
+    for e in &failures {
+        eprintln!("  failed: {e}");
+    }
+    Ok(if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn error_json(path: &Path, e: &fashion::Error) -> serde_json::Value {
+    serde_json::json!({
+        "path": path.display().to_string(),
+        "error": { "kind": e.kind(), "message": e.to_string() },
+    })
+}
+
+const CSV_HEADER: [&str; 14] = [
+    "path",
+    "category",
+    "category_confidence",
+    "view",
+    "view_confidence",
+    "article_type",
+    "article_type_confidence",
+    "colour",
+    "colour_family",
+    "colour_hex",
+    "colour_confidence",
+    "palette",
+    "error_kind",
+    "error_message",
+];
+
+enum Sink<'a, W: Write> {
+    Table(&'a mut W),
+    Json { out: &'a mut W, first: bool },
+    Jsonl(&'a mut W),
+    Csv(csv::Writer<&'a mut W>),
+}
+
+struct Writer<'a, W: Write> {
+    sink: Sink<'a, W>,
+}
+
+impl<'a, W: Write> Writer<'a, W> {
+    fn new(format: Format, out: &'a mut W) -> Result<Self> {
+        let sink = match format {
+            Format::Table => {
+                writeln!(
+                    out,
+                    "{:<40} {:<28} {:<14} {:<22} {}",
+                    "PHOTO", "CATEGORY", "VIEW", "COLOUR", "PALETTE"
+                )?;
+                Sink::Table(out)
+            }
+            Format::Json => {
+                write!(out, "[")?;
+                Sink::Json { out, first: true }
+            }
+            Format::Jsonl => Sink::Jsonl(out),
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(out);
+                w.write_record(CSV_HEADER)?;
+                Sink::Csv(w)
+            }
+        };
+        Ok(Self { sink })
+    }
+
+    fn json_line(&mut self, v: &serde_json::Value) -> Result<()> {
+        match &mut self.sink {
+            Sink::Json { out, first } => {
+                write!(
+                    out,
+                    "{}\n  {}",
+                    if *first { "" } else { "," },
+                    serde_json::to_string(v)?
+                )?;
+                *first = false;
+            }
+            Sink::Jsonl(out) => writeln!(out, "{}", serde_json::to_string(v)?)?,
+            _ => unreachable!("only JSON sinks"),
+        }
+        Ok(())
+    }
+
+    fn prediction(&mut self, p: &Prediction) -> Result<()> {
+        let head = |name: &str| p.heads.get(name).map(|h| (h.label.clone(), h.confidence));
+        let palette = p
+            .colour
+            .palette
+            .iter()
+            .map(|s| format!("{} {:.0}%", s.name, 100.0 * s.share))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match &mut self.sink {
+            Sink::Table(out) => {
+                let cell = |h: Option<(String, f32)>| {
+                    h.map_or("-".to_string(), |(l, c)| format!("{l} ({:.0}%)", 100.0 * c))
+                };
+                let c = &p.colour.primary;
+                writeln!(
+                    out,
+                    "{:<40} {:<28} {:<14} {:<22} {}",
+                    p.path,
+                    cell(head("category")),
+                    cell(head("view")),
+                    format!("{} ({:.0}%)", c.name, 100.0 * c.confidence),
+                    palette
+                )?;
+            }
+            Sink::Json { .. } | Sink::Jsonl(_) => {
+                let v = serde_json::to_value(p)?;
+                self.json_line(&v)?;
+            }
+            Sink::Csv(w) => {
+                let (cat, catc) = head("category").unzip();
+                let (view, viewc) = head("view").unzip();
+                let (art, artc) = head("article_type").unzip();
+                let c = &p.colour.primary;
+                let f = |x: Option<f32>| x.map_or(String::new(), |v| format!("{v:.4}"));
+                w.write_record([
+                    p.path.clone(),
+                    cat.unwrap_or_default(),
+                    f(catc),
+                    view.unwrap_or_default(),
+                    f(viewc),
+                    art.unwrap_or_default(),
+                    f(artc),
+                    c.name.clone(),
+                    c.family.clone(),
+                    c.hex.clone(),
+                    format!("{:.4}", c.confidence),
+                    p.colour
+                        .palette
+                        .iter()
+                        .map(|s| format!("{}:{}:{:.3}", s.name, s.hex, s.share))
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                    String::new(),
+                    String::new(),
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn error(&mut self, path: &Path, e: &fashion::Error) -> Result<()> {
+        match &mut self.sink {
+            Sink::Table(out) => writeln!(out, "{:<40} error: {}: {}", path.display(), e.kind(), e)?,
+            Sink::Json { .. } | Sink::Jsonl(_) => self.json_line(&error_json(path, e))?,
+            Sink::Csv(w) => {
+                let mut rec = vec![String::new(); CSV_HEADER.len()];
+                rec[0] = path.display().to_string();
+                rec[12] = e.kind().to_string();
+                rec[13] = e.to_string();
+                w.write_record(rec)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        match &mut self.sink {
+            Sink::Table(out) | Sink::Jsonl(out) | Sink::Json { out, .. } => out.flush()?,
+            Sink::Csv(w) => w.flush()?,
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        if let Sink::Json { out, .. } = &mut self.sink {
+            writeln!(out, "\n]")?;
+        }
+        self.flush()
+    }
+}

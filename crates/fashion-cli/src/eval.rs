@@ -1,0 +1,104 @@
+//! `fashion eval`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use fashion::colour::Vocabulary;
+use fashion::data::{Dataset, Layout, Split};
+use fashion::eval::{evaluate, EvalOptions};
+use fashion::{Classifier, ClassifyOptions};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Val,
+    All,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LayoutArg {
+    Inshop,
+    Fpi,
+    Csv,
+    Folders,
+}
+
+/// Measure a model on labelled photos: accuracy, top-3, macro-F1, per-class precision and
+/// recall, confusion matrix and calibration for every head the dataset labels, each in the
+/// dataset's own label space. Writes JSON (--json), Markdown and PNG plots beside it.
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Dataset folder (or CSV file for --layout csv).
+    #[arg(long, value_name = "PATH")]
+    data: PathBuf,
+    /// The dataset's layout.
+    #[arg(long, value_enum)]
+    layout: LayoutArg,
+    /// Which photos to measure on.
+    #[arg(long, value_enum, default_value = "val")]
+    split: SplitArg,
+    /// Keep only photos with this attribute, e.g. `master_category=Apparel` (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    only: Vec<String>,
+    /// Where to write the JSON report (Markdown and PNGs go beside it).
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Model file (default: the built-in model).
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Colour vocabulary CSV (`name,family,hex`).
+    #[arg(long, value_name = "FILE")]
+    colours: Option<PathBuf>,
+    /// Inference threads (0 = every core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+pub fn run(args: EvalArgs) -> Result<ExitCode> {
+    let layout = match args.layout {
+        LayoutArg::Inshop => Layout::Inshop,
+        LayoutArg::Fpi => Layout::Fpi,
+        LayoutArg::Csv => Layout::Csv,
+        LayoutArg::Folders => Layout::Folders,
+    };
+    let split = match args.split {
+        SplitArg::Train => Some(Split::Train),
+        SplitArg::Val => Some(Split::Val),
+        SplitArg::All => None,
+    };
+    let mut only = Vec::new();
+    for o in &args.only {
+        let Some((k, v)) = o.split_once('=') else {
+            bail!("--only takes KEY=VALUE, got {o:?}");
+        };
+        only.push((k.to_string(), v.to_string()));
+    }
+    let data = Dataset::load(&args.data, layout).context("cannot load the dataset")?;
+    let vocabulary = match &args.colours {
+        Some(p) => Vocabulary::from_file(p)?,
+        None => Vocabulary::default(),
+    };
+    let model = crate::model::load(args.model.as_deref(), args.threads)?;
+    let classifier = Classifier::new(model, vocabulary, ClassifyOptions::default());
+    let report = evaluate(
+        &classifier,
+        &data,
+        &EvalOptions {
+            split,
+            only,
+            batch: 32,
+        },
+    )?;
+    print!(
+        "{}",
+        report.markdown().split("\n## ").next().unwrap_or_default()
+    );
+    if let Some(json) = &args.json {
+        for f in report.write(json)? {
+            eprintln!("wrote {}", f.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

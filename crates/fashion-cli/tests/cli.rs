@@ -1,0 +1,172 @@
+//! Runs the built `fashion` binary on folders of good and bad photos.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn fashion(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fashion"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn garment(path: &Path, colour: [u8; 3]) {
+    let img = image::RgbImage::from_fn(300, 400, |x, y| {
+        if (80..220).contains(&x) && (60..360).contains(&y) {
+            image::Rgb(colour)
+        } else {
+            image::Rgb([245, 245, 245])
+        }
+    });
+    img.save(path).unwrap();
+}
+
+fn photo_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("nested")).unwrap();
+    garment(&d.join("navy.png"), [31, 42, 68]);
+    garment(&d.join("red.jpg"), [200, 16, 46]);
+    garment(&d.join("nested/green.png"), [46, 139, 62]);
+    std::fs::write(d.join("empty.jpg"), b"").unwrap();
+    std::fs::write(d.join("notes.jpg"), b"not a photo").unwrap();
+    std::fs::write(d.join("readme.txt"), b"ignored: not a photo extension").unwrap();
+    dir
+}
+
+fn jsonl(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn folder_of_good_and_bad_photos_prints_every_good_one_and_the_failures() {
+    let dir = photo_folder();
+    let out = fashion(
+        &[
+            "classify",
+            "--format",
+            "jsonl",
+            dir.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "some photos failed: {stderr}");
+    let rows = jsonl(&out);
+    assert_eq!(rows.len(), 5, "every photo once, the .txt skipped");
+    let good: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("error").is_none()).collect();
+    assert_eq!(good.len(), 3);
+    for r in &good {
+        let c = r["category"]["confidence"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&c));
+        assert_eq!(r["category"]["top"].as_array().unwrap().len(), 3);
+        assert!(r["view"]["label"].is_string());
+        assert!(r["colour"]["primary"]["hex"]
+            .as_str()
+            .unwrap()
+            .starts_with('#'));
+        assert!(!r["colour"]["palette"].as_array().unwrap().is_empty());
+    }
+    let navy = rows
+        .iter()
+        .find(|r| r["path"].as_str().unwrap().ends_with("navy.png"))
+        .unwrap();
+    assert_eq!(navy["colour"]["palette"][0]["name"], "navy");
+    let kinds: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.get("error"))
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 2);
+    assert!(
+        kinds.contains(&"empty") && kinds.contains(&"unknown_format"),
+        "{kinds:?}"
+    );
+    assert!(
+        stderr.contains("5 photos, 3 classified, 2 failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("empty.jpg") && stderr.contains("notes.jpg"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn paths_from_stdin_globs_and_csv_output() {
+    let dir = photo_folder();
+    let d = dir.path();
+    let list = format!(
+        "{}\n{}\n",
+        d.join("navy.png").display(),
+        d.join("red.jpg").display()
+    );
+    let out = fashion(&["classify", "--format", "csv", "-"], Some(&list));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(r.headers().unwrap().get(0), Some("path"));
+    assert_eq!(r.records().count(), 2);
+
+    let pattern = format!("{}/*.png", d.display());
+    let out = fashion(&["classify", "--format", "json", &pattern], None);
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        1,
+        "only navy.png matches at the top level"
+    );
+}
+
+#[test]
+fn min_confidence_makes_answers_unsure_and_keeps_candidates() {
+    let dir = photo_folder();
+    let p = dir.path().join("red.jpg");
+    let out = fashion(
+        &[
+            "classify",
+            "--format",
+            "jsonl",
+            "--min-confidence",
+            "1",
+            p.to_str().unwrap(),
+        ],
+        None,
+    );
+    let rows = jsonl(&out);
+    assert_eq!(rows[0]["category"]["label"], "unsure");
+    assert_eq!(rows[0]["category"]["top"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn bad_arguments_and_missing_model_fail_clearly() {
+    let out = fashion(
+        &["classify", "--model", "/nonexistent/model.onnx", "x.jpg"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model.onnx"));
+    let out = fashion(&["classify", "--min-confidence", "2", "x.jpg"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let out = fashion(&["classify", "/nonexistent/*.jpg"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no file matches"));
+}

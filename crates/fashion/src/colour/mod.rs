@@ -1,0 +1,254 @@
+//! Garment colours: which pixels are garment ([`garment_pixels`]), their palette clustered in
+//! CIELAB ([`palette`]), each cluster named from a replaceable vocabulary by CIEDE2000
+//! ([`Vocabulary`]).
+
+pub mod lab;
+
+use std::path::Path;
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use lab::{ciede2000, hex, lab_to_srgb, parse_hex, srgb_to_lab, Lab};
+
+/// The 12 colour families (plus `multi` for no dominant colour).
+pub const FAMILIES: [&str; 12] = [
+    "black", "white", "grey", "red", "pink", "orange", "yellow", "green", "blue", "purple",
+    "brown", "beige",
+];
+
+/// A named colour of the vocabulary.
+#[derive(Debug, Clone)]
+pub struct NamedColour {
+    pub name: String,
+    pub family: String,
+    pub rgb: [u8; 3],
+    pub lab: Lab,
+}
+
+/// The colour names a palette is described with: a CSV with `name,family,hex` columns.
+#[derive(Debug, Clone)]
+pub struct Vocabulary {
+    pub colours: Vec<NamedColour>,
+}
+
+impl Default for Vocabulary {
+    fn default() -> Self {
+        Self::parse(
+            include_str!("../../data/colours.csv"),
+            Path::new("built-in colours"),
+        )
+        .expect("the built-in vocabulary is valid")
+    }
+}
+
+impl Vocabulary {
+    /// Reads a vocabulary CSV (`name,family,hex`; family one of [`FAMILIES`]).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self> {
+        let mut r = csv::Reader::from_reader(text.as_bytes());
+        let mut colours = Vec::new();
+        for (i, rec) in r.records().enumerate() {
+            let rec = rec.map_err(|e| Error::bad_data(path, e.to_string()))?;
+            let err = |m: String| Error::bad_data(path, format!("row {}: {m}", i + 2));
+            if rec.len() != 3 {
+                return Err(err("expected name,family,hex".into()));
+            }
+            let family = rec[1].trim().to_string();
+            if !FAMILIES.contains(&family.as_str()) {
+                return Err(err(format!("unknown family {family:?}")));
+            }
+            let rgb = parse_hex(&rec[2]).ok_or_else(|| err(format!("bad hex {:?}", &rec[2])))?;
+            colours.push(NamedColour {
+                name: rec[0].trim().to_string(),
+                family,
+                rgb,
+                lab: srgb_to_lab(rgb),
+            });
+        }
+        if colours.is_empty() {
+            return Err(Error::bad_data(path, "no colours"));
+        }
+        Ok(Vocabulary { colours })
+    }
+
+    /// The closest named colour by CIEDE2000.
+    pub fn name(&self, lab: Lab) -> &NamedColour {
+        self.colours
+            .iter()
+            .min_by(|a, b| ciede2000(a.lab, lab).total_cmp(&ciede2000(b.lab, lab)))
+            .expect("vocabulary is not empty")
+    }
+}
+
+/// One colour of a palette.
+#[derive(Debug, Clone, Serialize)]
+pub struct Swatch {
+    pub name: String,
+    pub family: String,
+    pub hex: String,
+    /// Share of the garment's pixels, 0..1.
+    pub share: f32,
+    #[serde(skip)]
+    pub lab: Lab,
+}
+
+/// The pixels that are probably garment: everything unlike the photo's border (the studio
+/// background) and, where enough remains, unlike skin. Returns Lab values.
+pub fn garment_pixels(img: &RgbImage) -> Vec<Lab> {
+    let (w, h) = img.dimensions();
+    let labs: Vec<Lab> = img.pixels().map(|p| srgb_to_lab(p.0)).collect();
+    // Background: the median of the outer ring of pixels.
+    let mut ring: Vec<Lab> = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            if x < 3 || y < 3 || x >= w - 3 || y >= h - 3 {
+                ring.push(labs[(y * w + x) as usize]);
+            }
+        }
+    }
+    let median = |k: usize| {
+        let mut v: Vec<f32> = ring.iter().map(|l| l[k]).collect();
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    let bg = [median(0), median(1), median(2)];
+    let fg: Vec<Lab> = labs
+        .into_iter()
+        .filter(|l| ciede2000(*l, bg) > 8.0)
+        .collect();
+    let not_skin: Vec<Lab> = fg.iter().copied().filter(|l| !is_skin(*l)).collect();
+    if not_skin.len() * 4 >= fg.len() && !not_skin.is_empty() {
+        not_skin
+    } else if !fg.is_empty() {
+        fg
+    } else {
+        // A photo that is all one colour: the garment fills it.
+        img.pixels().map(|p| srgb_to_lab(p.0)).collect()
+    }
+}
+
+/// A rough skin-tone test in CIELAB (hue 20-70 degrees, moderate chroma, mid lightness).
+fn is_skin(l: Lab) -> bool {
+    let chroma = l[1].hypot(l[2]);
+    let hue = l[2].atan2(l[1]).to_degrees();
+    (30.0..=85.0).contains(&l[0]) && (10.0..=45.0).contains(&chroma) && (20.0..=70.0).contains(&hue)
+}
+
+/// Clusters colours into at most `k` groups (k-means in CIELAB, deterministic start), drops
+/// clusters under `min_share`, names them and sorts by share.
+pub fn palette(pixels: &[Lab], vocab: &Vocabulary, k: usize, min_share: f32) -> Vec<Swatch> {
+    if pixels.is_empty() || k == 0 {
+        return Vec::new();
+    }
+    // Start from pixels spread across the lightness order: deterministic and covers dark to light.
+    let mut order: Vec<usize> = (0..pixels.len()).collect();
+    order.sort_by(|&a, &b| pixels[a][0].total_cmp(&pixels[b][0]));
+    let k = k.min(pixels.len());
+    let mut centres: Vec<Lab> = (0..k)
+        .map(|i| pixels[order[(2 * i + 1) * pixels.len() / (2 * k)]])
+        .collect();
+    let mut assign = vec![0usize; pixels.len()];
+    for _ in 0..12 {
+        for (a, p) in assign.iter_mut().zip(pixels) {
+            *a = nearest(&centres, *p);
+        }
+        let mut sums = vec![[0f64; 4]; k];
+        for (a, p) in assign.iter().zip(pixels) {
+            for j in 0..3 {
+                sums[*a][j] += f64::from(p[j]);
+            }
+            sums[*a][3] += 1.0;
+        }
+        for (c, s) in centres.iter_mut().zip(&sums) {
+            if s[3] > 0.0 {
+                *c = [
+                    (s[0] / s[3]) as f32,
+                    (s[1] / s[3]) as f32,
+                    (s[2] / s[3]) as f32,
+                ];
+            }
+        }
+    }
+    let mut counts = vec![0usize; k];
+    for a in &assign {
+        counts[*a] += 1;
+    }
+    // Merge clusters that the vocabulary names alike.
+    let mut swatches: Vec<Swatch> = Vec::new();
+    for (c, n) in centres.iter().zip(&counts) {
+        if *n == 0 {
+            continue;
+        }
+        let share = *n as f32 / pixels.len() as f32;
+        let named = vocab.name(*c);
+        if let Some(s) = swatches.iter_mut().find(|s| s.name == named.name) {
+            let t = s.share + share;
+            for j in 0..3 {
+                s.lab[j] = (s.lab[j] * s.share + c[j] * share) / t;
+            }
+            s.share = t;
+        } else {
+            swatches.push(Swatch {
+                name: named.name.clone(),
+                family: named.family.clone(),
+                hex: String::new(),
+                share,
+                lab: *c,
+            });
+        }
+    }
+    swatches.retain(|s| s.share >= min_share);
+    let total: f32 = swatches.iter().map(|s| s.share).sum();
+    for s in &mut swatches {
+        s.share /= total.max(f32::EPSILON);
+        s.hex = hex(lab_to_srgb(s.lab));
+    }
+    swatches.sort_by(|a, b| b.share.total_cmp(&a.share));
+    swatches
+}
+
+fn nearest(centres: &[Lab], p: Lab) -> usize {
+    let d = |c: &Lab| (c[0] - p[0]).powi(2) + (c[1] - p[1]).powi(2) + (c[2] - p[2]).powi(2);
+    (0..centres.len())
+        .min_by(|&a, &b| d(&centres[a]).total_cmp(&d(&centres[b])))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vocabulary_names_pure_colours() {
+        let v = Vocabulary::default();
+        assert_eq!(v.name(srgb_to_lab([200, 16, 46])).family, "red");
+        assert_eq!(v.name(srgb_to_lab([31, 42, 68])).name, "navy");
+        assert_eq!(v.name(srgb_to_lab([250, 250, 250])).family, "white");
+    }
+
+    #[test]
+    fn garment_on_background_with_skin_gives_garment_colour() {
+        // White studio background, a navy garment block, a skin-coloured arm beside it.
+        let img = RgbImage::from_fn(100, 100, |x, y| {
+            if (30..70).contains(&x) && (20..90).contains(&y) {
+                image::Rgb([31, 42, 68])
+            } else if (72..82).contains(&x) && (20..70).contains(&y) {
+                image::Rgb([224, 172, 140])
+            } else {
+                image::Rgb([245, 245, 245])
+            }
+        });
+        let px = garment_pixels(&img);
+        assert_eq!(px.len(), 40 * 70, "only the garment's pixels remain");
+        let p = palette(&px, &Vocabulary::default(), 4, 0.05);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].name, "navy");
+        assert!((p[0].share - 1.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,441 @@
+//! Labelled photo collections. One loader per layout, all producing [`Sample`]s:
+//!
+//! - [`Layout::Inshop`]: DeepFashion In-shop as distributed: `img/<GENDER>/<Category>/<item>/<NN>_<k>_<pose>.jpg`
+//!   and `Anno/list_eval_partition.txt` (`train` is the training split; `query` and `gallery` are
+//!   validation). Labels `category` and `view`.
+//! - [`Layout::Fpi`]: Fashion Product Images as distributed: `images/<id>.jpg` and `styles.csv`.
+//!   Labels `article_type` and `colour_family` (the `baseColour` mapped to 12 families + multi by
+//!   `data/fpi_colour_families.csv`). The split comes from a `manifest.csv` beside `styles.csv` when
+//!   it has one, otherwise from a hash of the product id (1 in 10 to validation).
+//! - [`Layout::Csv`]: a CSV file with a `path` column (relative to the CSV's folder) and any of
+//!   `category`, `view`, `article_type`, `colour_family`, `split`, `group`.
+//! - [`Layout::Folders`]: `<root>/<class>/*.jpg` (all training) or `<root>/{train,val}/<class>/*.jpg`.
+//!   Label `category`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// The label keys the built-in heads use.
+pub const CATEGORY: &str = "category";
+pub const VIEW: &str = "view";
+pub const ARTICLE_TYPE: &str = "article_type";
+pub const COLOUR_FAMILY: &str = "colour_family";
+
+/// Which side of the train/validation split a photo is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    Train,
+    Val,
+}
+
+/// One labelled photo.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub path: PathBuf,
+    pub split: Split,
+    /// The product the photo shows (several photos per product).
+    pub group: Option<String>,
+    /// Head name -> label.
+    pub labels: BTreeMap<String, String>,
+    /// Other facts a report can filter on (e.g. `master_category`).
+    pub attrs: BTreeMap<String, String>,
+}
+
+/// A dataset's folder layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Inshop,
+    Fpi,
+    Csv,
+    Folders,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "inshop" => Ok(Layout::Inshop),
+            "fpi" => Ok(Layout::Fpi),
+            "csv" => Ok(Layout::Csv),
+            "folders" => Ok(Layout::Folders),
+            other => Err(Error::InvalidArgument(format!(
+                "unknown layout {other:?}: expected inshop, fpi, csv or folders"
+            ))),
+        }
+    }
+}
+
+/// A loaded dataset.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub layout: Layout,
+    pub samples: Vec<Sample>,
+}
+
+impl Dataset {
+    /// Loads the dataset at `path` (a folder, or a CSV file for [`Layout::Csv`]).
+    pub fn load(path: &Path, layout: Layout) -> Result<Dataset> {
+        let samples = match layout {
+            Layout::Inshop => load_inshop(path)?,
+            Layout::Fpi => load_fpi(path)?,
+            Layout::Csv => load_csv(path)?,
+            Layout::Folders => load_folders(path)?,
+        };
+        if samples.is_empty() {
+            return Err(Error::bad_data(path, "no labelled photos found"));
+        }
+        let root = if layout == Layout::Csv {
+            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        } else {
+            path.to_path_buf()
+        };
+        Ok(Dataset {
+            root,
+            layout,
+            samples,
+        })
+    }
+
+    /// The samples of one split (`None` = all).
+    pub fn split(&self, split: Option<Split>) -> Vec<&Sample> {
+        self.samples
+            .iter()
+            .filter(|s| split.is_none_or(|want| s.split == want))
+            .collect()
+    }
+}
+
+fn read_to_string(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+fn load_inshop(root: &Path) -> Result<Vec<Sample>> {
+    let part = root.join("Anno/list_eval_partition.txt");
+    let text = read_to_string(&part)?;
+    let mut lines = text.lines();
+    let count: usize = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| Error::bad_data(&part, "first line must be the number of images"))?;
+    lines.next(); // header: image_name item_id evaluation_status
+    let mut out = Vec::with_capacity(count);
+    for (i, line) in lines.enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let err = |m: &str| Error::bad_data(&part, format!("line {}: {m}", i + 3));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [name, item, status] = f[..] else {
+            return Err(err("expected `image_name item_id evaluation_status`"));
+        };
+        let split = match status {
+            "train" => Split::Train,
+            "query" | "gallery" => Split::Val,
+            _ => return Err(err("status must be train, query or gallery")),
+        };
+        // img/<GENDER>/<Category>/<item>/<NN>_<k>_<pose>.jpg
+        let parts: Vec<&str> = name.split('/').collect();
+        if parts.len() != 5 {
+            return Err(err(
+                "image name must be img/GENDER/Category/item/NN_k_pose.jpg",
+            ));
+        }
+        let stem = parts[4].rsplit_once('.').map_or(parts[4], |(s, _)| s);
+        let pose = stem.rsplit('_').next().unwrap_or_default();
+        let view = match pose {
+            "front" | "side" | "back" | "full" | "flat" => pose,
+            "additional" => "detail",
+            _ => return Err(err("unknown pose")),
+        };
+        let mut labels = BTreeMap::new();
+        labels.insert(CATEGORY.to_string(), parts[2].to_string());
+        labels.insert(VIEW.to_string(), view.to_string());
+        let mut attrs = BTreeMap::new();
+        attrs.insert("gender".to_string(), parts[1].to_string());
+        out.push(Sample {
+            path: root.join(name),
+            split,
+            group: Some(item.to_string()),
+            labels,
+            attrs,
+        });
+    }
+    if out.len() != count {
+        return Err(Error::bad_data(
+            &part,
+            format!("says {count} images but lists {}", out.len()),
+        ));
+    }
+    Ok(out)
+}
+
+/// FPI `baseColour` -> colour family (12 families + `multi`); `None` for `NA`.
+pub fn fpi_colour_family(base: &str) -> Option<&'static str> {
+    static MAP: std::sync::OnceLock<HashMap<String, &'static str>> = std::sync::OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        include_str!("../data/fpi_colour_families.csv")
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(','))
+            .filter(|(_, f)| !f.is_empty())
+            .map(|(b, f)| (b.to_string(), &*f.to_string().leak()))
+            .collect()
+    });
+    map.get(base).copied()
+}
+
+fn hash_split(key: &str) -> Split {
+    // FNV-1a: stable across runs and platforms.
+    let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    if h % 10 == 0 {
+        Split::Val
+    } else {
+        Split::Train
+    }
+}
+
+fn csv_reader(path: &Path) -> Result<csv::Reader<std::fs::File>> {
+    csv::ReaderBuilder::new()
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| Error::bad_data(path, e.to_string()))
+}
+
+fn load_fpi(root: &Path) -> Result<Vec<Sample>> {
+    let styles = root.join("styles.csv");
+    let manifest = root.join("manifest.csv");
+    let mut splits = HashMap::new();
+    if manifest.is_file() {
+        let mut r = csv_reader(&manifest)?;
+        let h = r
+            .headers()
+            .map_err(|e| Error::bad_data(&manifest, e.to_string()))?
+            .clone();
+        let (Some(id), Some(split)) = (
+            h.iter().position(|c| c == "id"),
+            h.iter().position(|c| c == "split"),
+        ) else {
+            return Err(Error::bad_data(&manifest, "needs `id` and `split` columns"));
+        };
+        for rec in r.records() {
+            let rec = rec.map_err(|e| Error::bad_data(&manifest, e.to_string()))?;
+            let s = parse_split(&rec[split]).map_err(|m| Error::bad_data(&manifest, m))?;
+            splits.insert(rec[id].to_string(), s);
+        }
+    }
+    let mut r = csv_reader(&styles)?;
+    let h = r
+        .headers()
+        .map_err(|e| Error::bad_data(&styles, e.to_string()))?
+        .clone();
+    let col = |name: &str| {
+        h.iter()
+            .position(|c| c == name)
+            .ok_or_else(|| Error::bad_data(&styles, format!("no `{name}` column")))
+    };
+    let (id, master, sub, article, colour, gender) = (
+        col("id")?,
+        col("masterCategory")?,
+        col("subCategory")?,
+        col("articleType")?,
+        col("baseColour")?,
+        col("gender")?,
+    );
+    let mut out = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| Error::bad_data(&styles, e.to_string()))?;
+        let pid = rec[id].to_string();
+        let path = root.join("images").join(format!("{pid}.jpg"));
+        if !path.is_file() {
+            continue; // styles.csv lists products whose photo the download lacks
+        }
+        let mut labels = BTreeMap::new();
+        labels.insert(ARTICLE_TYPE.to_string(), rec[article].to_string());
+        if let Some(f) = fpi_colour_family(&rec[colour]) {
+            labels.insert(COLOUR_FAMILY.to_string(), f.to_string());
+        }
+        let mut attrs = BTreeMap::new();
+        attrs.insert("master_category".to_string(), rec[master].to_string());
+        attrs.insert("sub_category".to_string(), rec[sub].to_string());
+        attrs.insert("gender".to_string(), rec[gender].to_string());
+        attrs.insert("base_colour".to_string(), rec[colour].to_string());
+        let split = splits
+            .get(&pid)
+            .copied()
+            .unwrap_or_else(|| hash_split(&pid));
+        out.push(Sample {
+            path,
+            split,
+            group: Some(pid),
+            labels,
+            attrs,
+        });
+    }
+    Ok(out)
+}
+
+fn parse_split(s: &str) -> std::result::Result<Split, String> {
+    match s {
+        "train" => Ok(Split::Train),
+        "val" | "valid" | "validation" | "test" => Ok(Split::Val),
+        other => Err(format!("unknown split {other:?} (expected train or val)")),
+    }
+}
+
+fn load_csv(file: &Path) -> Result<Vec<Sample>> {
+    let root = file.parent().unwrap_or(Path::new("."));
+    let mut r = csv_reader(file)?;
+    let h = r
+        .headers()
+        .map_err(|e| Error::bad_data(file, e.to_string()))?
+        .clone();
+    let path_col = h
+        .iter()
+        .position(|c| c == "path")
+        .ok_or_else(|| Error::bad_data(file, "no `path` column"))?;
+    let pos = |name: &str| h.iter().position(|c| c == name);
+    let (split_col, group_col) = (pos("split"), pos("group"));
+    let label_cols: Vec<(String, usize)> = [CATEGORY, VIEW, ARTICLE_TYPE, COLOUR_FAMILY]
+        .iter()
+        .filter_map(|l| pos(l).map(|i| (l.to_string(), i)))
+        .collect();
+    if label_cols.is_empty() {
+        return Err(Error::bad_data(
+            file,
+            "no label column (category, view, article_type or colour_family)",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, rec) in r.records().enumerate() {
+        let rec = rec.map_err(|e| Error::bad_data(file, e.to_string()))?;
+        let rel = &rec[path_col];
+        let split = match split_col {
+            Some(c) => parse_split(&rec[c])
+                .map_err(|m| Error::bad_data(file, format!("row {}: {m}", i + 2)))?,
+            None => hash_split(rel),
+        };
+        let labels = label_cols
+            .iter()
+            .filter(|(_, c)| !rec[*c].is_empty())
+            .map(|(l, c)| (l.clone(), rec[*c].to_string()))
+            .collect();
+        out.push(Sample {
+            path: root.join(rel),
+            split,
+            group: group_col.map(|c| rec[c].to_string()),
+            labels,
+            attrs: BTreeMap::new(),
+        });
+    }
+    Ok(out)
+}
+
+fn is_photo(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| {
+            matches!(
+                e.to_ascii_lowercase().as_str(),
+                "jpg" | "jpeg" | "png" | "webp" | "gif" | "bmp" | "tif" | "tiff"
+            )
+        })
+        .unwrap_or(false)
+}
+
+fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn load_folders(root: &Path) -> Result<Vec<Sample>> {
+    let (train, val) = (root.join("train"), root.join("val"));
+    let parts: Vec<(PathBuf, Split)> = if train.is_dir() && val.is_dir() {
+        vec![(train, Split::Train), (val, Split::Val)]
+    } else {
+        vec![(root.to_path_buf(), Split::Train)]
+    };
+    let mut out = Vec::new();
+    for (dir, split) in parts {
+        for class_dir in sorted_dir(&dir)?.into_iter().filter(|p| p.is_dir()) {
+            let class = class_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            for p in sorted_dir(&class_dir)?
+                .into_iter()
+                .filter(|p| p.is_file() && is_photo(p))
+            {
+                out.push(Sample {
+                    path: p,
+                    split,
+                    group: None,
+                    labels: BTreeMap::from([(CATEGORY.to_string(), class.clone())]),
+                    attrs: BTreeMap::new(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fpi_base_colour_has_a_family() {
+        let lines: Vec<&str> = include_str!("../data/fpi_colour_families.csv")
+            .lines()
+            .skip(1)
+            .collect();
+        assert_eq!(lines.len(), 44);
+        assert_eq!(fpi_colour_family("Navy Blue"), Some("blue"));
+        assert_eq!(fpi_colour_family("Maroon"), Some("red"));
+        assert_eq!(fpi_colour_family("Multi"), Some("multi"));
+        assert_eq!(fpi_colour_family("NA"), None);
+        let families = [
+            "black", "white", "grey", "red", "pink", "orange", "yellow", "green", "blue", "purple",
+            "brown", "beige", "multi",
+        ];
+        for l in lines {
+            let (_, f) = l.split_once(',').unwrap();
+            assert!(f.is_empty() || families.contains(&f), "{l}");
+        }
+    }
+
+    #[test]
+    fn inshop_native_layout_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("Anno")).unwrap();
+        std::fs::write(
+            dir.path().join("Anno/list_eval_partition.txt"),
+            "3\nimage_name item_id evaluation_status\n\
+             img/MEN/Denim/id_1/01_1_front.jpg id_1 train\n\
+             img/MEN/Denim/id_2/01_7_additional.jpg id_2 query\n\
+             img/WOMEN/Dresses/id_3/02_2_side.jpg id_3 gallery\n",
+        )
+        .unwrap();
+        let d = Dataset::load(dir.path(), Layout::Inshop).unwrap();
+        assert_eq!(d.samples.len(), 3);
+        assert_eq!(d.samples[0].split, Split::Train);
+        assert_eq!(d.samples[1].labels[VIEW], "detail");
+        assert_eq!(d.samples[2].labels[CATEGORY], "Dresses");
+        assert_eq!(d.samples[2].split, Split::Val);
+        assert_eq!(d.samples[2].group.as_deref(), Some("id_3"));
+    }
+}

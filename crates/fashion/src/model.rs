@@ -1,0 +1,215 @@
+//! A model is one ONNX file: the backbone, a pooling layer that turns its last feature map into
+//! one feature vector, and one small classifier per head (category, view, article type, colour
+//! family). Labels, preprocessing constants, calibration and a training summary travel in the
+//! file's `metadata_props` under the key [`METADATA_KEY`], as JSON ([`ModelInfo`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::onnx::{Attr, Graph};
+use crate::preprocess::Preprocess;
+
+/// The `metadata_props` key holding [`ModelInfo`] as JSON.
+pub const METADATA_KEY: &str = "fashion";
+/// The backbone's global-average-pooled output.
+pub const POOLED: &str = "pooled";
+/// The backbone's last feature map, `[N, 1280, 7, 7]`.
+pub const FEAT_S32: &str = "feat_s32";
+/// The feature vector the heads read: average- and max-pooled `feat_s32`, `[N, 2560]`.
+pub const FEATURES: &str = "features";
+/// Length of [`FEATURES`].
+pub const FEATURE_DIM: usize = 2560;
+const CHANNELS: i64 = 1280;
+
+/// One classification head as stored in a model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadInfo {
+    /// Head name and the name of its output (probabilities, `[N, labels]`).
+    pub name: String,
+    /// Class labels, in output order.
+    pub labels: Vec<String>,
+    /// Width of the hidden layer.
+    pub hidden: usize,
+    /// Calibration temperature already folded into the output layer.
+    pub temperature: f32,
+}
+
+/// Everything a model file says about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Model name shown to users.
+    pub name: String,
+    /// The preprocessing the model was trained with.
+    pub preprocess: Preprocess,
+    /// The classification heads.
+    pub heads: Vec<HeadInfo>,
+    /// Training summary: data, settings, validation metrics, time taken.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+/// Trained weights of one head: `hidden = relu(W1 x + b1)`, `logits = W2 hidden + b2`, with `W`
+/// stored row-major as `[out, in]`.
+#[derive(Debug, Clone)]
+pub struct HeadWeights {
+    pub info: HeadInfo,
+    pub w1: Vec<f32>,
+    pub b1: Vec<f32>,
+    pub w2: Vec<f32>,
+    pub b2: Vec<f32>,
+}
+
+/// Adds the `features` node (average- and max-pooled `feat_s32`) to a backbone graph, after
+/// removing anything beyond the backbone (so a trained model can serve as the backbone of the
+/// next one).
+fn add_features(g: &mut Graph) {
+    g.set_outputs(&[(POOLED, vec![CHANNELS]), (FEAT_S32, vec![CHANNELS, 7, 7])]);
+    g.node(
+        "ReduceMax",
+        &[FEAT_S32],
+        "feat_s32_max",
+        vec![("axes", Attr::Ints(vec![2, 3])), ("keepdims", Attr::Int(0))],
+    );
+    g.node(
+        "Concat",
+        &[POOLED, "feat_s32_max"],
+        FEATURES,
+        vec![("axis", Attr::Int(1))],
+    );
+}
+
+/// The backbone with one output, `features`: what training caches.
+pub fn feature_graph(backbone: &Path) -> Result<Vec<u8>> {
+    let mut g = Graph::load(backbone)?;
+    check_backbone(&g, backbone)?;
+    add_features(&mut g);
+    g.set_outputs(&[(FEATURES, vec![FEATURE_DIM as i64])]);
+    g.to_bytes()
+}
+
+fn check_backbone(g: &Graph, path: &Path) -> Result<()> {
+    let outs = g.output_names();
+    for want in [POOLED, FEAT_S32] {
+        if !outs.iter().any(|o| o == want) {
+            return Err(Error::bad_model(
+                path,
+                format!("not a backbone: it has no output named {want:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds a complete model: backbone + features + heads, with `info` in its metadata.
+pub fn build(backbone: &Path, heads: &[HeadWeights], info: &ModelInfo) -> Result<Vec<u8>> {
+    let mut g = Graph::load(backbone)?;
+    check_backbone(&g, backbone)?;
+    add_features(&mut g);
+    let mut outputs = vec![
+        (POOLED, vec![CHANNELS]),
+        (FEAT_S32, vec![CHANNELS, 7, 7]),
+        (FEATURES, vec![FEATURE_DIM as i64]),
+    ];
+    for h in heads {
+        let n = &h.info.name;
+        let classes = h.info.labels.len();
+        let hidden = h.info.hidden;
+        let t = h.info.temperature;
+        g.initializer(&format!("{n}.w1"), &[hidden, FEATURE_DIM], h.w1.clone());
+        g.initializer(&format!("{n}.b1"), &[hidden], h.b1.clone());
+        g.initializer(
+            &format!("{n}.w2"),
+            &[classes, hidden],
+            h.w2.iter().map(|v| v / t).collect(),
+        );
+        g.initializer(
+            &format!("{n}.b2"),
+            &[classes],
+            h.b2.iter().map(|v| v / t).collect(),
+        );
+        let (w1, b1, w2, b2) = (
+            format!("{n}.w1"),
+            format!("{n}.b1"),
+            format!("{n}.w2"),
+            format!("{n}.b2"),
+        );
+        let (z1, a1, z2) = (format!("{n}.z1"), format!("{n}.a1"), format!("{n}.logits"));
+        g.node(
+            "Gemm",
+            &[FEATURES, &w1, &b1],
+            &z1,
+            vec![("transB", Attr::Int(1))],
+        );
+        g.node("Relu", &[&z1], &a1, vec![]);
+        g.node(
+            "Gemm",
+            &[&a1, &w2, &b2],
+            &z2,
+            vec![("transB", Attr::Int(1))],
+        );
+        g.node("Softmax", &[&z2], n, vec![("axis", Attr::Int(1))]);
+    }
+    let head_outputs: Vec<(String, Vec<i64>)> = heads
+        .iter()
+        .map(|h| (h.info.name.clone(), vec![h.info.labels.len() as i64]))
+        .collect();
+    outputs.extend(head_outputs.iter().map(|(n, d)| (n.as_str(), d.clone())));
+    g.set_outputs(&outputs);
+    let json = serde_json::to_string(info).map_err(|e| Error::Engine(e.to_string()))?;
+    g.set_metadata(METADATA_KEY, &json);
+    g.set_producer("fashion", env!("CARGO_PKG_VERSION"));
+    g.to_bytes()
+}
+
+/// A loaded model: the engine and what the file says about itself.
+#[derive(Debug)]
+pub struct Model {
+    pub path: PathBuf,
+    pub engine: Engine,
+    pub info: ModelInfo,
+}
+
+impl Model {
+    /// Loads a model file written by `fashion train`. `threads` = 0 uses every core.
+    pub fn load(path: &Path, threads: usize) -> Result<Model> {
+        if !path.is_file() {
+            return Err(Error::bad_model(path, "no such file"));
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes, path, threads)
+    }
+
+    /// Loads a model held in memory (`path` names it in errors and reports).
+    pub fn from_bytes(bytes: &[u8], path: &Path, threads: usize) -> Result<Model> {
+        let engine = Engine::from_bytes(bytes, path, threads)?;
+        let json = engine.metadata(METADATA_KEY).ok_or_else(|| {
+            Error::bad_model(
+                path,
+                "no fashion metadata: not a model written by `fashion train`",
+            )
+        })?;
+        let info: ModelInfo = serde_json::from_str(json)
+            .map_err(|e| Error::bad_model(path, format!("bad metadata: {e}")))?;
+        for h in &info.heads {
+            if !engine.output_names().iter().any(|o| o == &h.name) {
+                return Err(Error::bad_model(
+                    path,
+                    format!("head {:?} has no output", h.name),
+                ));
+            }
+        }
+        Ok(Model {
+            path: path.to_path_buf(),
+            engine,
+            info,
+        })
+    }
+
+    /// The head with this name.
+    pub fn head(&self, name: &str) -> Option<&HeadInfo> {
+        self.info.heads.iter().find(|h| h.name == name)
+    }
+}

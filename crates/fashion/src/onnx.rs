@@ -1,0 +1,186 @@
+//! Editing ONNX graphs: add the pooling and classification heads to the backbone, choose the
+//! outputs, drop what they no longer need, and store metadata. Built on the `onnx-protobuf`
+//! messages; serialising and parsing is protobuf's job.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use onnx_protobuf::attribute_proto::AttributeType;
+use onnx_protobuf::tensor_proto::DataType;
+use onnx_protobuf::type_proto;
+use onnx_protobuf::{
+    AttributeProto, Message, ModelProto, NodeProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use crate::error::{Error, Result};
+
+/// An ONNX model being edited.
+pub struct Graph {
+    model: ModelProto,
+}
+
+/// An attribute value for [`Graph::node`].
+pub enum Attr {
+    Int(i64),
+    Ints(Vec<i64>),
+    Float(f32),
+}
+
+impl Graph {
+    /// Parses an ONNX file.
+    pub fn load(path: &Path) -> Result<Graph> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses ONNX bytes; `name` only names them in errors.
+    pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Graph> {
+        let model = ModelProto::parse_from_bytes(bytes)
+            .map_err(|e| Error::bad_model(name, format!("not an ONNX model: {e}")))?;
+        if model.graph.is_none() {
+            return Err(Error::bad_model(name, "the ONNX file has no graph"));
+        }
+        Ok(Graph { model })
+    }
+
+    /// Serialises the model.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.model
+            .write_to_bytes()
+            .map_err(|e| Error::Engine(format!("cannot serialise ONNX: {e}")))
+    }
+
+    /// The names of the graph's outputs.
+    pub fn output_names(&self) -> Vec<String> {
+        self.model
+            .graph
+            .output
+            .iter()
+            .map(|o| o.name.clone())
+            .collect()
+    }
+
+    /// Adds a float32 initializer of the given shape.
+    pub fn initializer(&mut self, name: &str, dims: &[usize], data: Vec<f32>) {
+        assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");
+        let t = TensorProto {
+            name: name.to_string(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::FLOAT as i32,
+            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        };
+        self.model.graph.mut_or_insert_default().initializer.push(t);
+    }
+
+    /// Adds a node.
+    pub fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, Attr)>) {
+        let attribute = attrs
+            .into_iter()
+            .map(|(name, a)| {
+                let mut p = AttributeProto {
+                    name: name.to_string(),
+                    ..Default::default()
+                };
+                match a {
+                    Attr::Int(i) => {
+                        p.type_ = AttributeType::INT.into();
+                        p.i = i;
+                    }
+                    Attr::Ints(v) => {
+                        p.type_ = AttributeType::INTS.into();
+                        p.ints = v;
+                    }
+                    Attr::Float(f) => {
+                        p.type_ = AttributeType::FLOAT.into();
+                        p.f = f;
+                    }
+                }
+                p
+            })
+            .collect();
+        self.model
+            .graph
+            .mut_or_insert_default()
+            .node
+            .push(NodeProto {
+                op_type: op.to_string(),
+                name: output.to_string(),
+                input: inputs.iter().map(|s| s.to_string()).collect(),
+                output: vec![output.to_string()],
+                attribute,
+                ..Default::default()
+            });
+    }
+
+    /// Makes `outputs` the graph's outputs, each float32 with a dynamic batch dimension followed
+    /// by the given dimensions, then removes every node and initializer they do not need.
+    pub fn set_outputs(&mut self, outputs: &[(&str, Vec<i64>)]) {
+        let graph = self.model.graph.mut_or_insert_default();
+        graph.output = outputs
+            .iter()
+            .map(|(name, dims)| value_info(name, dims))
+            .collect();
+        // Keep the nodes the outputs depend on (walk backwards; nodes are topologically sorted).
+        let mut needed: HashSet<String> = outputs.iter().map(|(n, _)| n.to_string()).collect();
+        let mut keep = vec![false; graph.node.len()];
+        for (i, node) in graph.node.iter().enumerate().rev() {
+            if node.output.iter().any(|o| needed.contains(o)) {
+                keep[i] = true;
+                needed.extend(node.input.iter().cloned());
+            }
+        }
+        let mut k = keep.into_iter();
+        graph.node.retain(|_| k.next().unwrap_or(false));
+        graph.initializer.retain(|t| needed.contains(&t.name));
+        graph.value_info.retain(|v| needed.contains(&v.name));
+    }
+
+    /// Sets (or replaces) a `metadata_props` entry.
+    pub fn set_metadata(&mut self, key: &str, value: &str) {
+        self.model.metadata_props.retain(|e| e.key != key);
+        self.model.metadata_props.push(StringStringEntryProto {
+            key: key.to_string(),
+            value: value.to_string(),
+            ..Default::default()
+        });
+    }
+
+    /// A `metadata_props` entry.
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.model
+            .metadata_props
+            .iter()
+            .find(|e| e.key == key)
+            .map(|e| e.value.as_str())
+    }
+
+    /// Sets the producer fields.
+    pub fn set_producer(&mut self, name: &str, version: &str) {
+        self.model.producer_name = name.to_string();
+        self.model.producer_version = version.to_string();
+    }
+}
+
+fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    let mut shape = TensorShapeProto::new();
+    let mut batch = onnx_protobuf::tensor_shape_proto::Dimension::new();
+    batch.set_dim_param("N".to_string());
+    shape.dim.push(batch);
+    for &d in dims {
+        let mut dim = onnx_protobuf::tensor_shape_proto::Dimension::new();
+        dim.set_dim_value(d);
+        shape.dim.push(dim);
+    }
+    let mut tensor = type_proto::Tensor::new();
+    tensor.elem_type = DataType::FLOAT as i32;
+    tensor.shape = Some(shape).into();
+    let mut ty = TypeProto::new();
+    ty.set_tensor_type(tensor);
+    ValueInfoProto {
+        name: name.to_string(),
+        type_: Some(ty).into(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,299 @@
+//! From photos to predictions: [`Classifier`] decodes photos in parallel, runs the model on a
+//! batch, and turns each head's probabilities and the photo's garment pixels into a
+//! [`Prediction`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+use ndarray::Array4;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::colour::{self, Swatch, Vocabulary};
+use crate::data::COLOUR_FAMILY;
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// The label given to a head whose confidence is under `min_confidence`.
+pub const UNSURE: &str = "unsure";
+
+/// How predictions are made and reported.
+#[derive(Debug, Clone)]
+pub struct ClassifyOptions {
+    /// Candidates listed per head.
+    pub top_k: usize,
+    /// Below this confidence a head says [`UNSURE`] (its candidates stay listed).
+    pub min_confidence: f32,
+    /// Photos with more pixels are rejected.
+    pub max_pixels: u64,
+    /// Most colours in a palette.
+    pub palette_size: usize,
+    /// Smallest share of the garment a palette colour must cover.
+    pub min_share: f32,
+}
+
+impl Default for ClassifyOptions {
+    fn default() -> Self {
+        Self {
+            top_k: 3,
+            min_confidence: 0.0,
+            max_pixels: crate::image::DEFAULT_MAX_PIXELS,
+            palette_size: 5,
+            min_share: 0.05,
+        }
+    }
+}
+
+/// A label and its confidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelScore {
+    pub label: String,
+    pub confidence: f32,
+}
+
+/// One head's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadPrediction {
+    pub label: String,
+    pub confidence: f32,
+    pub top: Vec<LabelScore>,
+}
+
+/// The garment's main colour.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrimaryColour {
+    pub name: String,
+    pub family: String,
+    pub hex: String,
+    pub confidence: f32,
+}
+
+/// The garment's colours.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColourPrediction {
+    pub primary: PrimaryColour,
+    pub palette: Vec<Swatch>,
+}
+
+/// Everything said about one photo.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub path: String,
+    /// Head name (`category`, `view`, `article_type`) -> answer.
+    #[serde(flatten)]
+    pub heads: BTreeMap<String, HeadPrediction>,
+    pub colour: ColourPrediction,
+    /// Each head's full probability vector, in the model's label order.
+    #[serde(skip)]
+    pub probabilities: BTreeMap<String, Vec<f32>>,
+}
+
+/// Runs a model on photos.
+pub struct Classifier {
+    pub model: Model,
+    pub vocabulary: Vocabulary,
+    pub options: ClassifyOptions,
+}
+
+impl Classifier {
+    pub fn new(model: Model, vocabulary: Vocabulary, options: ClassifyOptions) -> Self {
+        Self {
+            model,
+            vocabulary,
+            options,
+        }
+    }
+
+    /// Classifies photo files as one batch; each photo gets its own result.
+    pub fn classify_paths(&self, paths: &[PathBuf]) -> Vec<Result<Prediction>> {
+        let pre = &self.model.info.preprocess;
+        let crops: Vec<Result<RgbImage>> = paths
+            .par_iter()
+            .map(|p| pre.load(p, self.options.max_pixels))
+            .collect();
+        self.classify_decoded(
+            paths.iter().map(|p| p.display().to_string()).collect(),
+            crops,
+        )
+    }
+
+    /// Classifies encoded photos held in memory, named by `names`.
+    pub fn classify_bytes(&self, items: &[(String, Vec<u8>)]) -> Vec<Result<Prediction>> {
+        let pre = &self.model.info.preprocess;
+        let crops = items
+            .par_iter()
+            .map(|(n, b)| pre.decode(b, Path::new(n), self.options.max_pixels))
+            .collect();
+        self.classify_decoded(items.iter().map(|(n, _)| n.clone()).collect(), crops)
+    }
+
+    fn classify_decoded(
+        &self,
+        names: Vec<String>,
+        crops: Vec<Result<RgbImage>>,
+    ) -> Vec<Result<Prediction>> {
+        let good: Vec<usize> = (0..crops.len()).filter(|&i| crops[i].is_ok()).collect();
+        let images: Vec<&RgbImage> = good
+            .iter()
+            .filter_map(|&i| crops[i].as_ref().ok())
+            .collect();
+        let mut batch = match self.run(&images) {
+            Ok(preds) => preds.into_iter().map(Some).collect::<Vec<_>>(),
+            Err(e) => {
+                let msg = e.to_string();
+                return names
+                    .iter()
+                    .map(|_| Err(Error::Engine(msg.clone())))
+                    .collect();
+            }
+        };
+        let mut out = Vec::with_capacity(names.len());
+        let mut next = 0;
+        for (i, (crop, name)) in crops.into_iter().zip(names).enumerate() {
+            match crop {
+                Err(e) => out.push(Err(e)),
+                Ok(_) => {
+                    debug_assert_eq!(good[next], i);
+                    let mut p = batch[next].take().expect("one prediction per good photo");
+                    p.path = name;
+                    out.push(Ok(p));
+                    next += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs the model on decoded, cropped photos.
+    pub fn run(&self, crops: &[&RgbImage]) -> Result<Vec<Prediction>> {
+        if crops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pre = &self.model.info.preprocess;
+        let n = pre.tensor_len();
+        let s = pre.crop as usize;
+        let mut input = vec![0f32; crops.len() * n];
+        input
+            .par_chunks_mut(n)
+            .zip(crops.par_iter())
+            .for_each(|(out, img)| pre.write_tensor(img, false, out));
+        let input = Array4::from_shape_vec((crops.len(), 3, s, s), input)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        let heads = &self.model.info.heads;
+        let names: Vec<&str> = heads.iter().map(|h| h.name.as_str()).collect();
+        let outputs = self.model.engine.run(input.view(), &names)?;
+        let palettes: Vec<Vec<Swatch>> = crops
+            .par_iter()
+            .map(|img| {
+                let small = image::imageops::thumbnail(*img, img.width() / 2, img.height() / 2);
+                let px = colour::garment_pixels(&small);
+                colour::palette(
+                    &px,
+                    &self.vocabulary,
+                    self.options.palette_size,
+                    self.options.min_share,
+                )
+            })
+            .collect();
+        let mut preds = Vec::with_capacity(crops.len());
+        for (i, palette) in palettes.into_iter().enumerate() {
+            let mut probabilities = BTreeMap::new();
+            let mut answers = BTreeMap::new();
+            for (h, out) in heads.iter().zip(&outputs) {
+                let row: Vec<f32> = out
+                    .index_axis(ndarray::Axis(0), i)
+                    .iter()
+                    .copied()
+                    .collect();
+                if h.name != COLOUR_FAMILY {
+                    answers.insert(h.name.clone(), self.answer(&h.labels, &row));
+                }
+                probabilities.insert(h.name.clone(), row);
+            }
+            let family = self
+                .model
+                .head(COLOUR_FAMILY)
+                .zip(probabilities.get(COLOUR_FAMILY))
+                .map(|(h, p)| self.answer(&h.labels, p));
+            preds.push(Prediction {
+                path: String::new(),
+                heads: answers,
+                colour: self.primary(family, palette),
+                probabilities,
+            });
+        }
+        Ok(preds)
+    }
+
+    fn answer(&self, labels: &[String], probs: &[f32]) -> HeadPrediction {
+        let mut order: Vec<usize> = (0..probs.len()).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let top: Vec<LabelScore> = order
+            .iter()
+            .take(self.options.top_k.max(1))
+            .map(|&i| LabelScore {
+                label: labels[i].clone(),
+                confidence: probs[i],
+            })
+            .collect();
+        let best = &top[0];
+        HeadPrediction {
+            label: if best.confidence < self.options.min_confidence {
+                UNSURE.to_string()
+            } else {
+                best.label.clone()
+            },
+            confidence: best.confidence,
+            top,
+        }
+    }
+
+    /// Combines the learned colour-family head with the pixel palette: the head picks the
+    /// family (it has seen thousands of labelled products); the palette gives the name and hex
+    /// within that family. Without a colour head, the largest palette colour is the primary.
+    fn primary(&self, family: Option<HeadPrediction>, palette: Vec<Swatch>) -> ColourPrediction {
+        let top = palette.first();
+        let primary = match family {
+            Some(f) if f.label == "multi" || f.label == UNSURE => PrimaryColour {
+                name: f.label.clone(),
+                family: f.label.clone(),
+                hex: top.map(|s| s.hex.clone()).unwrap_or_default(),
+                confidence: f.confidence,
+            },
+            Some(f) => {
+                let (name, hex) = match palette.iter().find(|s| s.family == f.label) {
+                    Some(s) => (s.name.clone(), s.hex.clone()),
+                    None => self
+                        .vocabulary
+                        .colours
+                        .iter()
+                        .find(|c| c.family == f.label)
+                        .map(|c| (c.name.clone(), colour::lab::hex(c.rgb)))
+                        .unwrap_or_else(|| (f.label.clone(), String::new())),
+                };
+                PrimaryColour {
+                    name,
+                    family: f.label,
+                    hex,
+                    confidence: f.confidence,
+                }
+            }
+            None => match top {
+                Some(s) => PrimaryColour {
+                    name: s.name.clone(),
+                    family: s.family.clone(),
+                    hex: s.hex.clone(),
+                    confidence: s.share,
+                },
+                None => PrimaryColour {
+                    name: UNSURE.into(),
+                    family: UNSURE.into(),
+                    hex: String::new(),
+                    confidence: 0.0,
+                },
+            },
+        };
+        ColourPrediction { primary, palette }
+    }
+}

@@ -1,0 +1,473 @@
+//! One classifier head: standardised features -> Linear -> ReLU -> dropout -> Linear, trained
+//! with AdamW on a class-weighted cross-entropy (weights `count^-class_balance`, against the
+//! severe class imbalance), cosine learning-rate decay, then temperature-scaled on the
+//! validation split. Weights are initialised and dropout masks drawn from a seeded generator,
+//! so a run is repeatable.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::features::{fnv, FNV_START};
+use crate::error::{Error, Result};
+use crate::model::{HeadInfo, HeadWeights, FEATURE_DIM};
+
+/// Hyper-parameters of the classifier heads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadConfig {
+    pub hidden: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub dropout: f32,
+    /// Loss weight of a class is `count^-class_balance`: 0 ignores imbalance, 1 fully balances.
+    pub class_balance: f64,
+}
+
+impl Default for HeadConfig {
+    fn default() -> Self {
+        Self {
+            hidden: 256,
+            epochs: 12,
+            batch: 256,
+            learning_rate: 1e-3,
+            weight_decay: 1e-2,
+            dropout: 0.5,
+            class_balance: 0.5,
+        }
+    }
+}
+
+/// The cached features and labels of one head.
+pub struct HeadData {
+    name: String,
+    labels: Vec<String>,
+    train_x: Vec<f32>,
+    train_y: Vec<u32>,
+    val_x: Vec<f32>,
+    val_y: Vec<u32>,
+}
+
+impl HeadData {
+    pub fn new(name: &str, labels: Vec<String>) -> Self {
+        Self {
+            name: name.to_string(),
+            labels,
+            train_x: Vec::new(),
+            train_y: Vec::new(),
+            val_x: Vec::new(),
+            val_y: Vec::new(),
+        }
+    }
+
+    /// Adds a training row (rows of photos that failed to decode, all NaN, are skipped).
+    pub fn push_train(&mut self, row: Vec<f32>, class: usize) {
+        if row.iter().all(|v| v.is_finite()) {
+            self.train_x.extend(row);
+            self.train_y.push(class as u32);
+        }
+    }
+
+    /// Adds a validation row.
+    pub fn push_val(&mut self, row: Vec<f32>, class: usize) {
+        if row.iter().all(|v| v.is_finite()) {
+            self.val_x.extend(row);
+            self.val_y.push(class as u32);
+        }
+    }
+}
+
+/// What training one head measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeadSummary {
+    pub classes: usize,
+    pub train_rows: usize,
+    pub val_rows: usize,
+    /// Validation accuracy and top-3 on cached features (unflipped photos).
+    pub val_accuracy: f64,
+    pub val_top3: f64,
+    pub temperature: f32,
+    pub val_nll_before_calibration: f64,
+    pub val_nll_after_calibration: f64,
+    pub seconds: f64,
+}
+
+fn cerr(e: candle_core::Error) -> Error {
+    Error::Training(e.to_string())
+}
+
+fn uniform(rng: &mut StdRng, n: usize, bound: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+}
+
+/// Trains one head, or reads it back from the cache when an identical run finished before.
+pub fn train_head(
+    data: HeadData,
+    cfg: &HeadConfig,
+    seed: u64,
+    cache_dir: &Path,
+    model_key: u64,
+) -> Result<(HeadWeights, HeadSummary)> {
+    let mut key = fnv(FNV_START, &model_key.to_le_bytes());
+    key = fnv(
+        key,
+        serde_json::to_string(cfg).unwrap_or_default().as_bytes(),
+    );
+    key = fnv(key, &seed.to_le_bytes());
+    key = fnv(key, data.labels.join("\n").as_bytes());
+    for v in data.train_y.iter().chain(&data.val_y) {
+        key = fnv(key, &v.to_le_bytes());
+    }
+    let ckpt = cache_dir.join(format!("head-{}-{key:016x}.safetensors", data.name));
+    if let Ok(found) = load_checkpoint(&ckpt, &data) {
+        eprintln!(
+            "{}: reusing the head trained earlier ({})",
+            data.name,
+            ckpt.display()
+        );
+        return Ok(found);
+    }
+    let start = std::time::Instant::now();
+    let dev = Device::Cpu;
+    let d = FEATURE_DIM;
+    let n = data.train_y.len();
+    let c = data.labels.len();
+    let h = cfg.hidden;
+    if n == 0 {
+        return Err(Error::Training(format!(
+            "{}: no training photos",
+            data.name
+        )));
+    }
+
+    // Standardise features; the scaling is folded into the first layer when exporting.
+    let mut mean = vec![0f64; d];
+    let mut sq = vec![0f64; d];
+    for row in data.train_x.chunks_exact(d) {
+        for (j, &v) in row.iter().enumerate() {
+            mean[j] += f64::from(v);
+            sq[j] += f64::from(v) * f64::from(v);
+        }
+    }
+    let mean: Vec<f32> = mean.iter().map(|m| (m / n as f64) as f32).collect();
+    let std: Vec<f32> = sq
+        .iter()
+        .zip(&mean)
+        .map(|(s, &m)| ((s / n as f64 - f64::from(m).powi(2)).max(0.0).sqrt() as f32).max(1e-3))
+        .collect();
+    let standardise = |x: &[f32]| -> Vec<f32> {
+        x.chunks_exact(d)
+            .flat_map(|row| {
+                row.iter()
+                    .zip(&mean)
+                    .zip(&std)
+                    .map(|((v, m), s)| (v - m) / s)
+            })
+            .collect()
+    };
+    let x = Tensor::from_vec(standardise(&data.train_x), (n, d), &dev).map_err(cerr)?;
+    let y = Tensor::from_vec(data.train_y.clone(), n, &dev).map_err(cerr)?;
+
+    let mut counts = vec![0f64; c];
+    for &t in &data.train_y {
+        counts[t as usize] += 1.0;
+    }
+    let raw: Vec<f64> = counts
+        .iter()
+        .map(|&k| k.max(1.0).powf(-cfg.class_balance))
+        .collect();
+    let norm = n as f64 / counts.iter().zip(&raw).map(|(k, w)| k * w).sum::<f64>();
+    let class_w = Tensor::from_vec(
+        raw.iter().map(|w| (w * norm) as f32).collect::<Vec<_>>(),
+        c,
+        &dev,
+    )
+    .map_err(cerr)?;
+
+    let mut rng = StdRng::seed_from_u64(fnv(seed, data.name.as_bytes()));
+    let w1 = Var::from_vec(
+        uniform(&mut rng, h * d, (1.0 / d as f32).sqrt()),
+        (h, d),
+        &dev,
+    )
+    .map_err(cerr)?;
+    let b1 = Var::from_vec(vec![0f32; h], h, &dev).map_err(cerr)?;
+    let w2 = Var::from_vec(
+        uniform(&mut rng, c * h, (1.0 / h as f32).sqrt()),
+        (c, h),
+        &dev,
+    )
+    .map_err(cerr)?;
+    let b2 = Var::from_vec(vec![0f32; c], c, &dev).map_err(cerr)?;
+    let mut opt = AdamW::new(
+        vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()],
+        ParamsAdamW {
+            lr: cfg.learning_rate,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )
+    .map_err(cerr)?;
+
+    let batch = cfg.batch.max(1);
+    let steps_per_epoch = n.div_ceil(batch);
+    let total = (steps_per_epoch * cfg.epochs).max(1);
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let mut step = 0;
+    for epoch in 0..cfg.epochs {
+        order.shuffle(&mut rng);
+        let mut epoch_loss = 0.0;
+        for chunk in order.chunks(batch) {
+            let lr = cfg.learning_rate
+                * 0.5
+                * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
+            opt.set_learning_rate(lr);
+            let idx = Tensor::from_vec(chunk.to_vec(), chunk.len(), &dev).map_err(cerr)?;
+            let xb = x.index_select(&idx, 0).map_err(cerr)?;
+            let yb = y.index_select(&idx, 0).map_err(cerr)?;
+            let keep = 1.0 - cfg.dropout;
+            let mask: Vec<f32> = (0..chunk.len() * h)
+                .map(|_| {
+                    if rng.random::<f32>() < keep {
+                        1.0 / keep
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (chunk.len(), h), &dev).map_err(cerr)?;
+            let a1 = xb
+                .matmul(&w1.t().map_err(cerr)?)
+                .and_then(|z| z.broadcast_add(&b1))
+                .and_then(|z| z.relu())
+                .and_then(|z| z.mul(&mask))
+                .map_err(cerr)?;
+            let logits = a1
+                .matmul(&w2.t().map_err(cerr)?)
+                .and_then(|z| z.broadcast_add(&b2))
+                .map_err(cerr)?;
+            let loss = weighted_ce(&logits, &yb, &class_w).map_err(cerr)?;
+            opt.backward_step(&loss).map_err(cerr)?;
+            epoch_loss += f64::from(loss.to_scalar::<f32>().map_err(cerr)?);
+            step += 1;
+        }
+        eprintln!(
+            "{:>14} epoch {:>3}/{}: loss {:.4}",
+            data.name,
+            epoch + 1,
+            cfg.epochs,
+            epoch_loss / steps_per_epoch as f64
+        );
+    }
+
+    // Fold the standardisation into the first layer: W1 ((x - m) / s) + b1 = (W1 / s) x + (b1 - (W1 / s) m).
+    let w1v: Vec<f32> = w1
+        .as_tensor()
+        .flatten_all()
+        .and_then(|t| t.to_vec1())
+        .map_err(cerr)?;
+    let b1v: Vec<f32> = b1.as_tensor().to_vec1().map_err(cerr)?;
+    let mut w1f = vec![0f32; h * d];
+    let mut b1f = b1v.clone();
+    for i in 0..h {
+        for j in 0..d {
+            let w = w1v[i * d + j] / std[j];
+            w1f[i * d + j] = w;
+            b1f[i] -= w * mean[j];
+        }
+    }
+    let mut weights = HeadWeights {
+        info: HeadInfo {
+            name: data.name.clone(),
+            labels: data.labels.clone(),
+            hidden: h,
+            temperature: 1.0,
+        },
+        w1: w1f,
+        b1: b1f,
+        w2: w2
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .map_err(cerr)?,
+        b2: b2.as_tensor().to_vec1().map_err(cerr)?,
+    };
+    let val_n = data.val_y.len();
+    let logits = if val_n > 0 {
+        head_logits(&weights, &data.val_x)
+    } else {
+        Vec::new()
+    };
+    let (acc, top3) = accuracy(&logits, &data.val_y, c);
+    let nll1 = nll(&logits, &data.val_y, c, 1.0);
+    let temperature = if val_n > 0 {
+        (0..=80)
+            .map(|i| 0.5f32 * 10f32.powf(i as f32 / 80.0))
+            .min_by(|a, b| {
+                nll(&logits, &data.val_y, c, *a).total_cmp(&nll(&logits, &data.val_y, c, *b))
+            })
+            .unwrap_or(1.0)
+    } else {
+        1.0
+    };
+    weights.info.temperature = temperature;
+    let summary = HeadSummary {
+        classes: c,
+        train_rows: n,
+        val_rows: val_n,
+        val_accuracy: acc,
+        val_top3: top3,
+        temperature,
+        val_nll_before_calibration: nll1,
+        val_nll_after_calibration: nll(&logits, &data.val_y, c, temperature),
+        seconds: start.elapsed().as_secs_f64().round(),
+    };
+    eprintln!(
+        "{:>14}: val accuracy {:.1}%, top-3 {:.1}%, temperature {:.2}",
+        data.name,
+        100.0 * acc,
+        100.0 * top3,
+        temperature
+    );
+    save_checkpoint(&ckpt, &weights, &summary)?;
+    Ok((weights, summary))
+}
+
+fn weighted_ce(logits: &Tensor, y: &Tensor, class_w: &Tensor) -> candle_core::Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let w = class_w.index_select(y, 0)?;
+    (picked * &w)?.sum_all()?.neg()? / f64::from(w.sum_all()?.to_scalar::<f32>()?)
+}
+
+/// Logits of the exported head (standardisation folded in) for rows of raw features.
+fn head_logits(w: &HeadWeights, x: &[f32]) -> Vec<f32> {
+    let (d, h, c) = (FEATURE_DIM, w.info.hidden, w.info.labels.len());
+    let mut out = Vec::with_capacity(x.len() / d * c);
+    let mut a = vec![0f32; h];
+    for row in x.chunks_exact(d) {
+        for (i, ai) in a.iter_mut().enumerate() {
+            let wr = &w.w1[i * d..(i + 1) * d];
+            *ai = (w.b1[i] + wr.iter().zip(row).map(|(p, q)| p * q).sum::<f32>()).max(0.0);
+        }
+        for k in 0..c {
+            let wr = &w.w2[k * h..(k + 1) * h];
+            out.push(w.b2[k] + wr.iter().zip(&a).map(|(p, q)| p * q).sum::<f32>());
+        }
+    }
+    out
+}
+
+fn accuracy(logits: &[f32], y: &[u32], c: usize) -> (f64, f64) {
+    if y.is_empty() {
+        return (0.0, 0.0);
+    }
+    let (mut top1, mut top3) = (0usize, 0usize);
+    for (row, &t) in logits.chunks_exact(c).zip(y) {
+        let better = row.iter().filter(|&&v| v > row[t as usize]).count();
+        top1 += usize::from(better == 0);
+        top3 += usize::from(better < 3);
+    }
+    (top1 as f64 / y.len() as f64, top3 as f64 / y.len() as f64)
+}
+
+fn nll(logits: &[f32], y: &[u32], c: usize, t: f32) -> f64 {
+    if y.is_empty() {
+        return 0.0;
+    }
+    let mut total = 0.0f64;
+    for (row, &k) in logits.chunks_exact(c).zip(y) {
+        let m = row.iter().fold(f32::MIN, |a, &b| a.max(b / t));
+        let lse = m + row.iter().map(|v| (v / t - m).exp()).sum::<f32>().ln();
+        total += f64::from(lse - row[k as usize] / t);
+    }
+    total / y.len() as f64
+}
+
+fn save_checkpoint(path: &Path, w: &HeadWeights, s: &HeadSummary) -> Result<()> {
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (h, c) = (w.info.hidden, w.info.labels.len());
+    let bufs = [
+        ("w1", vec![h, FEATURE_DIM], bytes(&w.w1)),
+        ("b1", vec![h], bytes(&w.b1)),
+        ("w2", vec![c, h], bytes(&w.w2)),
+        ("b2", vec![c], bytes(&w.b2)),
+    ];
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = bufs
+        .iter()
+        .map(|(n, shape, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (*n, v))
+                .map_err(|e| Error::Training(e.to_string()))
+        })
+        .collect::<Result<_>>()?;
+    let meta = HashMap::from([
+        (
+            "info".to_string(),
+            serde_json::to_string(&w.info).unwrap_or_default(),
+        ),
+        (
+            "summary".to_string(),
+            serde_json::to_string(s).unwrap_or_default(),
+        ),
+    ]);
+    let out = safetensors::tensor::serialize(views, Some(meta))
+        .map_err(|e| Error::Training(e.to_string()))?;
+    super::write_atomically(path, &out)
+}
+
+fn load_checkpoint(
+    path: &Path,
+    data: &HeadData,
+) -> std::result::Result<(HeadWeights, HeadSummary), String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
+    let meta = meta.metadata().clone().ok_or("no metadata")?;
+    let info: HeadInfo =
+        serde_json::from_str(meta.get("info").ok_or("no info")?).map_err(|e| e.to_string())?;
+    let summary: HeadSummary = serde_json::from_str(meta.get("summary").ok_or("no summary")?)
+        .map_err(|e| e.to_string())?;
+    if info.labels != data.labels {
+        return Err("labels differ".into());
+    }
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
+    let get = |n: &str| -> std::result::Result<Vec<f32>, String> {
+        let t = st.tensor(n).map_err(|e| e.to_string())?;
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    };
+    Ok((
+        HeadWeights {
+            w1: get("w1")?,
+            b1: get("b1")?,
+            w2: get("w2")?,
+            b2: get("b2")?,
+            info,
+        },
+        summary,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_one_nll_matches_hand_computation() {
+        // logits [2, 0] with target 0: -ln(e^2 / (e^2 + 1))
+        let v = nll(&[2.0, 0.0], &[0], 2, 1.0);
+        assert!((v - (1.0f64 + (-2.0f64).exp()).ln()).abs() < 1e-6, "{v}");
+        let (a, t3) = accuracy(&[0.1, 0.5, 0.2, 0.9, 0.0, 0.1], &[0, 0], 3);
+        assert_eq!((a, t3), (0.0, 1.0));
+    }
+}

@@ -1,0 +1,270 @@
+//! Training: run the frozen backbone once per photo and augmentation (cached on disk, see
+//! [`features`]), train one small classifier per head on those features with candle, calibrate
+//! each head's confidences by temperature scaling on the validation split, and write the model
+//! as one ONNX file.
+//!
+//! Every hyper-parameter is in [`TrainConfig`], read from TOML and saved in the model.
+
+pub mod features;
+mod heads;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, Layout, Sample, Split};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::model::{self, HeadWeights, ModelInfo};
+use crate::preprocess::Preprocess;
+
+pub use heads::HeadConfig;
+
+/// One dataset to train on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataSource {
+    pub path: PathBuf,
+    pub layout: Layout,
+}
+
+/// Everything that decides what `fashion train` produces.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model name written into the file.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Seed for weight initialisation, shuffling and dropout.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Photos per backbone batch while caching features.
+    #[serde(default = "default_batch")]
+    pub backbone_batch: usize,
+    /// Also cache and train on left-right mirrored photos.
+    #[serde(default = "default_true")]
+    pub flip: bool,
+    /// Inference threads (0 = every core).
+    #[serde(default)]
+    pub threads: usize,
+    /// Heads get trained only for labels seen at least this often in training.
+    #[serde(default = "default_min_count")]
+    pub min_class_count: usize,
+    /// The classifier heads.
+    #[serde(default)]
+    pub heads: HeadConfig,
+    /// Preprocessing (must match the backbone).
+    #[serde(default)]
+    pub preprocess: Preprocess,
+}
+
+fn default_name() -> String {
+    "fashion-default".into()
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_batch() -> usize {
+    32
+}
+fn default_true() -> bool {
+    true
+}
+fn default_min_count() -> usize {
+    2
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::bad_data(path, e.to_string()))
+    }
+}
+
+/// Inputs of one training run.
+pub struct TrainJob<'a> {
+    pub backbone: &'a Path,
+    pub data: &'a [DataSource],
+    pub cache_dir: &'a Path,
+    pub output: &'a Path,
+    pub config: &'a TrainConfig,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Serialize)]
+pub struct TrainSummary {
+    pub output: PathBuf,
+    pub seconds: f64,
+    pub heads: BTreeMap<String, heads::HeadSummary>,
+}
+
+/// The heads a dataset can label, in a fixed order.
+const HEAD_ORDER: [&str; 4] = [
+    crate::data::CATEGORY,
+    crate::data::VIEW,
+    crate::data::ARTICLE_TYPE,
+    crate::data::COLOUR_FAMILY,
+];
+
+/// Trains a model and writes it (atomically) to `job.output`.
+pub fn train(job: &TrainJob) -> Result<TrainSummary> {
+    let start = Instant::now();
+    let cfg = job.config;
+    let backbone_bytes = std::fs::read(job.backbone).map_err(|e| Error::io(job.backbone, e))?;
+    let mut model_key = features::fnv(features::FNV_START, &backbone_bytes);
+    model_key = features::fnv(
+        model_key,
+        serde_json::to_string(&cfg.preprocess)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    let graph = model::feature_graph(job.backbone)?;
+    let engine = Engine::from_bytes(&graph, job.backbone, cfg.threads)?;
+
+    let mut datasets = Vec::new();
+    for src in job.data {
+        datasets.push(Dataset::load(&src.path, src.layout)?);
+    }
+    let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+    eprintln!(
+        "{} photos ({} train, {} val) from {} dataset(s)",
+        samples.len(),
+        samples.iter().filter(|s| s.split == Split::Train).count(),
+        samples.iter().filter(|s| s.split == Split::Val).count(),
+        datasets.len()
+    );
+    let plain = features::features(
+        &engine,
+        &cfg.preprocess,
+        &paths,
+        false,
+        job.cache_dir,
+        model_key,
+        cfg.backbone_batch,
+        "features",
+    )?;
+    let flipped = if cfg.flip {
+        Some(features::features(
+            &engine,
+            &cfg.preprocess,
+            &paths,
+            true,
+            job.cache_dir,
+            model_key,
+            cfg.backbone_batch,
+            "flipped",
+        )?)
+    } else {
+        None
+    };
+
+    let mut head_weights = Vec::new();
+    let mut summaries = BTreeMap::new();
+    for name in HEAD_ORDER {
+        let labelled: Vec<(usize, &str, Split)> = samples
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.labels.get(name).map(|l| (i, l.as_str(), s.split)))
+            .collect();
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, l, split) in &labelled {
+            if *split == Split::Train {
+                *counts.entry(l).or_default() += 1;
+            }
+        }
+        let labels: Vec<String> = counts
+            .iter()
+            .filter(|(_, &c)| c >= cfg.min_class_count)
+            .map(|(l, _)| l.to_string())
+            .collect();
+        if labels.len() < 2 {
+            continue;
+        }
+        let index: BTreeMap<&str, usize> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i))
+            .collect();
+        let mut set = heads::HeadData::new(name, labels.clone());
+        for (i, l, split) in &labelled {
+            let Some(&class) = index.get(l) else { continue };
+            let row = |f: &[f32]| f[i * model::FEATURE_DIM..(i + 1) * model::FEATURE_DIM].to_vec();
+            match split {
+                Split::Train => {
+                    set.push_train(row(&plain), class);
+                    if let Some(f) = &flipped {
+                        set.push_train(row(f), class);
+                    }
+                }
+                Split::Val => set.push_val(row(&plain), class),
+            }
+        }
+        let (weights, summary) =
+            heads::train_head(set, &cfg.heads, cfg.seed, job.cache_dir, model_key)?;
+        summaries.insert(name.to_string(), summary);
+        head_weights.push(weights);
+    }
+    if head_weights.is_empty() {
+        return Err(Error::InvalidArgument(
+            "no head to train: the datasets carry no labels with at least two classes".into(),
+        ));
+    }
+    write_model(job, &head_weights, &summaries, start)?;
+    Ok(TrainSummary {
+        output: job.output.to_path_buf(),
+        seconds: start.elapsed().as_secs_f64(),
+        heads: summaries,
+    })
+}
+
+fn write_model(
+    job: &TrainJob,
+    heads: &[HeadWeights],
+    summaries: &BTreeMap<String, heads::HeadSummary>,
+    start: Instant,
+) -> Result<()> {
+    let datasets: BTreeSet<String> = job
+        .data
+        .iter()
+        .map(|d| format!("{:?}", d.layout).to_lowercase())
+        .collect();
+    let info = ModelInfo {
+        name: job.config.name.clone(),
+        preprocess: job.config.preprocess.clone(),
+        heads: heads.iter().map(|h| h.info.clone()).collect(),
+        training: serde_json::json!({
+            "datasets": datasets,
+            "config": job.config,
+            "heads": summaries,
+            "seconds": start.elapsed().as_secs_f64().round(),
+            "fashion_version": env!("CARGO_PKG_VERSION"),
+        }),
+    };
+    let bytes = model::build(job.backbone, heads, &info)?;
+    write_atomically(job.output, &bytes)
+}
+
+/// Writes a file so that readers see either the old or the new content, never a part.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

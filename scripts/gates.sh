@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Real-data gates: golden backbone parity, accuracy floors of the built-in model on the
+# validation splits, and ONNX Runtime's Python API agreeing with `fashion classify`.
+# Usage: scripts/gates.sh DATA_DIR WEIGHTS_DIR
+set -euo pipefail
+data=${1:?data folder}
+weights=${2:?weights folder}
+for need in "$data/inshop/Anno/list_eval_partition.txt" "$data/fpi/styles.csv" "$weights/reference.safetensors"; do
+  if [ ! -e "$need" ]; then
+    echo "gates: $need is missing: the real-data gates need the shared data and weights" >&2
+    exit 1
+  fi
+done
+fashion=target/release/fashion
+out=reports
+mkdir -p "$out"
+
+echo "== golden parity with PyTorch (backbone and built-in model)"
+FASHION_WEIGHTS="$weights" cargo test --release --locked -p fashion --test parity -- --ignored
+
+echo "== In-shop val"
+$fashion eval --data "$data/inshop" --layout inshop --split val --json "$out/inshop-val.json"
+echo "== Fashion Product Images val, apparel"
+$fashion eval --data "$data/fpi" --layout fpi --split val --only master_category=Apparel --json "$out/fpi-val-apparel.json"
+
+echo "== accuracy floors"
+.venv/bin/python scripts/check_floors.py "$out/inshop-val.json" "$out/fpi-val-apparel.json"
+
+echo "== ONNX Runtime (Python) gives the same probabilities as fashion classify"
+.venv/bin/python scripts/ort_parity.py "$fashion" models/default.onnx "$data/inshop/img"

@@ -1,0 +1,69 @@
+"""ONNX Runtime's Python API and `fashion classify` give the same probabilities.
+
+Lossless PNG copies (256x256, decoded by Pillow) of a few real photos are classified by both:
+Python crops the centre and normalises as the model's metadata says, then runs the model with
+onnxruntime; `fashion classify --format json --top 1000` prints every label's probability. A
+256x256 photo needs no resizing, so both sides see exactly the same pixels.
+
+Usage: ort_parity.py FASHION_BINARY MODEL.onnx PHOTO_FOLDER
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+fashion, model_path, folder = sys.argv[1:4]
+
+
+sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+meta = json.loads(sess.get_modelmeta().custom_metadata_map["fashion"])
+pre = meta["preprocess"]
+crop = pre["crop"]
+size = pre["resize_shorter"]
+rng = np.random.default_rng(7)
+photos = []
+for root, _, files in sorted(os.walk(folder)):
+    photos += [os.path.join(root, f) for f in sorted(files) if f.endswith(".jpg")]
+picked = [photos[i] for i in rng.choice(len(photos), 8, replace=False)]
+
+with tempfile.TemporaryDirectory() as tmp:
+    inputs = []
+    pngs = []
+    for i, photo in enumerate(picked):
+        rgb = np.asarray(Image.open(photo).convert("RGB").resize((size, size)))
+        path = os.path.join(tmp, f"{i}.png")
+        Image.fromarray(rgb).save(path)
+        pngs.append(path)
+        off = (size - crop) // 2
+        c = rgb[off:off + crop, off:off + crop].astype(np.float32)
+        c = (c - np.array(pre["mean"], dtype=np.float32)) / np.array(pre["std"], dtype=np.float32)
+        inputs.append(c.transpose(2, 0, 1))
+    batch = np.stack(inputs)
+    heads = [h["name"] for h in meta["heads"]]
+    outs = dict(zip(heads, sess.run(heads, {"input": batch})))
+    result = subprocess.run(
+        [fashion, "classify", "--format", "json", "--top", "1000", "--model", model_path, *pngs],
+        check=True, capture_output=True, text=True,
+    )
+    preds = json.loads(result.stdout)
+
+worst = 0.0
+checked = 0
+for i, p in enumerate(preds):
+    for h in meta["heads"]:
+        if h["name"] not in p:
+            continue
+        got = {t["label"]: t["confidence"] for t in p[h["name"]]["top"]}
+        for j, label in enumerate(h["labels"]):
+            worst = max(worst, abs(got[label] - float(outs[h["name"]][i, j])))
+            checked += 1
+print(f"{checked} probabilities compared, max abs difference {worst:.2e}")
+if checked == 0 or worst > 1e-4:
+    print("ort parity: 0 passed, 1 failed")
+    sys.exit(1)
+print("ort parity: 1 passed, 0 failed")
