@@ -11,6 +11,7 @@ for need in "$data/inshop/Anno/list_eval_partition.txt" "$data/fpi/styles.csv" "
     exit 1
   fi
 done
+weights=$(cd "$weights" && pwd)
 fashion=target/release/fashion
 out=reports
 mkdir -p "$out"

@@ -208,7 +208,7 @@ enum Sink<'a, W: Write> {
     Table(&'a mut W),
     Json { out: &'a mut W, first: bool },
     Jsonl(&'a mut W),
-    Csv(csv::Writer<&'a mut W>),
+    Csv(Box<csv::Writer<&'a mut W>>),
 }
 
 struct Writer<'a, W: Write> {
@@ -221,8 +221,8 @@ impl<'a, W: Write> Writer<'a, W> {
             Format::Table => {
                 writeln!(
                     out,
-                    "{:<40} {:<28} {:<14} {:<22} {}",
-                    "PHOTO", "CATEGORY", "VIEW", "COLOUR", "PALETTE"
+                    "{:<40} {:<28} {:<14} {:<22} PALETTE",
+                    "PHOTO", "CATEGORY", "VIEW", "COLOUR"
                 )?;
                 Sink::Table(out)
             }
@@ -234,24 +234,19 @@ impl<'a, W: Write> Writer<'a, W> {
             Format::Csv => {
                 let mut w = csv::Writer::from_writer(out);
                 w.write_record(CSV_HEADER)?;
-                Sink::Csv(w)
+                Sink::Csv(Box::new(w))
             }
         };
         Ok(Self { sink })
     }
 
-    fn json_line(&mut self, v: &serde_json::Value) -> Result<()> {
+    fn json_line(&mut self, line: &str) -> Result<()> {
         match &mut self.sink {
             Sink::Json { out, first } => {
-                write!(
-                    out,
-                    "{}\n  {}",
-                    if *first { "" } else { "," },
-                    serde_json::to_string(v)?
-                )?;
+                write!(out, "{}\n  {line}", if *first { "" } else { "," })?;
                 *first = false;
             }
-            Sink::Jsonl(out) => writeln!(out, "{}", serde_json::to_string(v)?)?,
+            Sink::Jsonl(out) => writeln!(out, "{line}")?,
             _ => unreachable!("only JSON sinks"),
         }
         Ok(())
@@ -282,10 +277,7 @@ impl<'a, W: Write> Writer<'a, W> {
                     palette
                 )?;
             }
-            Sink::Json { .. } | Sink::Jsonl(_) => {
-                let v = serde_json::to_value(p)?;
-                self.json_line(&v)?;
-            }
+            Sink::Json { .. } | Sink::Jsonl(_) => self.json_line(&serde_json::to_string(p)?)?,
             Sink::Csv(w) => {
                 let (cat, catc) = head("category").unzip();
                 let (view, viewc) = head("view").unzip();
@@ -321,7 +313,9 @@ impl<'a, W: Write> Writer<'a, W> {
     fn error(&mut self, path: &Path, e: &fashion::Error) -> Result<()> {
         match &mut self.sink {
             Sink::Table(out) => writeln!(out, "{:<40} error: {}: {}", path.display(), e.kind(), e)?,
-            Sink::Json { .. } | Sink::Jsonl(_) => self.json_line(&error_json(path, e))?,
+            Sink::Json { .. } | Sink::Jsonl(_) => {
+                self.json_line(&serde_json::to_string(&error_json(path, e))?)?
+            }
             Sink::Csv(w) => {
                 let mut rec = vec![String::new(); CSV_HEADER.len()];
                 rec[0] = path.display().to_string();

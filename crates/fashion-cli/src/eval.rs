@@ -91,9 +91,15 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
             batch: 32,
         },
     )?;
-    print!(
+    // The summary table; per-class tables go to the Markdown file.
+    let markdown = report.markdown();
+    println!(
         "{}",
-        report.markdown().split("\n## ").next().unwrap_or_default()
+        markdown
+            .split("\n## ")
+            .next()
+            .unwrap_or_default()
+            .trim_end()
     );
     if let Some(json) = &args.json {
         for f in report.write(json)? {

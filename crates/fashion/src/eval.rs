@@ -365,10 +365,10 @@ mod tests {
     fn metrics_match_hand_computation() {
         // a: 2 of 3 right; b: 1 of 1 right, plus one a predicted as b.
         let r = measure(&[
-            o("a", "a", 0.9),
-            o("a", "a", 0.8),
-            o("a", "b", 0.6),
-            o("b", "b", 0.7),
+            o("a", "a", 0.95),
+            o("a", "a", 0.85),
+            o("a", "b", 0.65),
+            o("b", "b", 0.75),
         ]);
         assert_eq!(r.n, 4);
         assert!((r.accuracy - 0.75).abs() < 1e-12);
@@ -380,8 +380,8 @@ mod tests {
         let f1b = 2.0 * 0.5 / 1.5;
         assert!((r.macro_f1 - (f1a + f1b) / 2.0).abs() < 1e-12);
         assert_eq!(r.confusion.matrix, vec![vec![2, 1], vec![0, 1]]);
-        // Bins: 0.6 (wrong), 0.7 (right), 0.8 (right), 0.9 (right): |0.6-0|/4 + 3 * (|c-1|)/4.
-        let ece = (0.6 + 0.3 + 0.2 + 0.1) / 4.0;
+        // One photo per bin: 0.65 (wrong), 0.75, 0.85, 0.95 (right): sum of |conf - acc| / 4.
+        let ece = (0.65 + 0.25 + 0.15 + 0.05) / 4.0;
         assert!(
             (r.calibration.ece - ece).abs() < 1e-6,
             "{}",

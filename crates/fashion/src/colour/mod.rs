@@ -189,8 +189,8 @@ pub fn palette(pixels: &[Lab], vocab: &Vocabulary, k: usize, min_share: f32) -> 
         let named = vocab.name(*c);
         if let Some(s) = swatches.iter_mut().find(|s| s.name == named.name) {
             let t = s.share + share;
-            for j in 0..3 {
-                s.lab[j] = (s.lab[j] * s.share + c[j] * share) / t;
+            for (l, v) in s.lab.iter_mut().zip(c) {
+                *l = (*l * s.share + v * share) / t;
             }
             s.share = t;
         } else {

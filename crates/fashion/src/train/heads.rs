@@ -467,7 +467,8 @@ mod tests {
         // logits [2, 0] with target 0: -ln(e^2 / (e^2 + 1))
         let v = nll(&[2.0, 0.0], &[0], 2, 1.0);
         assert!((v - (1.0f64 + (-2.0f64).exp()).ln()).abs() < 1e-6, "{v}");
+        // Row 1: class 0 is third (top-3, not top-1); row 2: class 0 is first.
         let (a, t3) = accuracy(&[0.1, 0.5, 0.2, 0.9, 0.0, 0.1], &[0, 0], 3);
-        assert_eq!((a, t3), (0.0, 1.0));
+        assert_eq!((a, t3), (0.5, 1.0));
     }
 }
