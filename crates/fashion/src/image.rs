@@ -96,9 +96,9 @@ fn check_pixels(path: &Path, width: u64, height: u64, opts: &DecodeOptions) -> R
     Ok(())
 }
 
-/// JPEG through `jpeg-decoder`, which can decode at 1/2, 1/4 or 1/8 scale: a 1800x2400 catalogue
-/// photo needed at 256 pixels decodes about 4x faster that way. (The `image` crate's JPEG decoder
-/// offers no scaled decoding.)
+/// Baseline JPEG through `jpeg-decoder`, which can decode at 1/2, 1/4 or 1/8 scale: a 1800x2400
+/// photo needed at 256 pixels decodes 2.4x faster that way (5.8 ms against 13.9 ms). The `image`
+/// crate's JPEG decoder offers no scaled decoding.
 fn decode_jpeg(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<RgbImage> {
     let corrupt = |e: jpeg_decoder::Error| bad(path, BadImageKind::Corrupt, format!("JPEG: {e}"));
     let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
@@ -107,6 +107,12 @@ fn decode_jpeg(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<RgbIma
         .info()
         .ok_or_else(|| bad(path, BadImageKind::Corrupt, "JPEG: no frame header"))?;
     check_pixels(path, info.width.into(), info.height.into(), opts)?;
+    if info.coding_process == jpeg_decoder::CodingProcess::DctProgressive {
+        // Progressive JPEGs are entropy-decoded in full whatever the scale, and the `image`
+        // crate's decoder (zune-jpeg) does that faster: 19 ms against 30 ms for a 1800x2400
+        // catalogue photo.
+        return decode_other(bytes, ImageFormat::Jpeg, path, opts);
+    }
     if opts.min_shorter_side > 0 {
         let (w, h) = (u32::from(info.width), u32::from(info.height));
         let s = opts.min_shorter_side;
