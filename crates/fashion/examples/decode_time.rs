@@ -5,7 +5,15 @@ fn main() {
         let mut ts = Vec::new();
         for _ in 0..15 {
             let t = std::time::Instant::now();
-            let img = fashion::image::decode(&bytes, std::path::Path::new(&p), &fashion::image::DecodeOptions { min_shorter_side: scale, ..Default::default() }).unwrap();
+            let img = fashion::image::decode(
+                &bytes,
+                std::path::Path::new(&p),
+                &fashion::image::DecodeOptions {
+                    min_shorter_side: scale,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             ts.push(t.elapsed().as_secs_f64() * 1e3);
             std::hint::black_box(img);
         }

@@ -108,9 +108,19 @@ fn decode_jpeg(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<RgbIma
         .ok_or_else(|| bad(path, BadImageKind::Corrupt, "JPEG: no frame header"))?;
     check_pixels(path, info.width.into(), info.height.into(), opts)?;
     if info.coding_process == jpeg_decoder::CodingProcess::DctProgressive {
-        // Progressive JPEGs are entropy-decoded in full whatever the scale, and the `image`
-        // crate's decoder (zune-jpeg) does that faster: 19 ms against 30 ms for a 1800x2400
+        // A progressive JPEG whose 1/8-scale image is large enough (within 15% of the size
+        // asked for) is read from its DC scans alone: 1 ms instead of 19 ms for a 1800x2400
         // catalogue photo.
+        let short = u32::from(info.width.min(info.height));
+        if opts.min_shorter_side > 0 && short.div_ceil(8) * 100 >= opts.min_shorter_side * 85 {
+            if let Some(img) = crate::jpeg_dc::decode_dc(bytes) {
+                let mut img = DynamicImage::ImageRgb8(img);
+                img.apply_orientation(jpeg_orientation(&decoder));
+                return Ok(img.into_rgb8());
+            }
+        }
+        // Otherwise the `image` crate's decoder (zune-jpeg) decodes progressive JPEGs faster
+        // than jpeg-decoder: 19 ms against 30 ms for the same photo.
         return decode_other(bytes, ImageFormat::Jpeg, path, opts);
     }
     if opts.min_shorter_side > 0 {
@@ -154,15 +164,18 @@ fn decode_jpeg(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<RgbIma
     }
     let img = RgbImage::from_raw(w, h, rgb)
         .ok_or_else(|| bad(path, BadImageKind::Corrupt, "JPEG: wrong pixel count"))?;
-    let orientation = decoder
+    let mut img = DynamicImage::ImageRgb8(img);
+    img.apply_orientation(jpeg_orientation(&decoder));
+    Ok(img.into_rgb8())
+}
+
+fn jpeg_orientation<R: std::io::Read>(decoder: &jpeg_decoder::Decoder<R>) -> Orientation {
+    decoder
         .exif_data()
         .and_then(|exif| {
             Orientation::from_exif_chunk(exif.strip_prefix(b"Exif\0\0").unwrap_or(exif))
         })
-        .unwrap_or(Orientation::NoTransforms);
-    let mut img = DynamicImage::ImageRgb8(img);
-    img.apply_orientation(orientation);
-    Ok(img.into_rgb8())
+        .unwrap_or(Orientation::NoTransforms)
 }
 
 fn decode_other(

@@ -14,6 +14,7 @@
 pub mod engine;
 pub mod error;
 pub mod image;
+mod jpeg_dc;
 pub mod preprocess;
 
 pub use engine::Engine;
