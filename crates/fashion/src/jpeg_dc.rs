@@ -269,12 +269,8 @@ pub(crate) fn decode_dc(d: &[u8]) -> Option<RgbImage> {
                 }
             }
             0xdd => restart_interval = u16_at(seg, 0)?,
-            0xee => {
-                // Adobe: transform 0 means the three components are RGB, not YCbCr.
-                if seg.get(..5) == Some(b"Adobe") && seg.get(11) == Some(&0) {
-                    adobe_rgb = true;
-                }
-            }
+            // Adobe: transform 0 means the three components are RGB, not YCbCr.
+            0xee if seg.get(..5) == Some(b"Adobe") && seg.get(11) == Some(&0) => adobe_rgb = true,
             0xda => {
                 let ns = usize::from(*seg.first()?);
                 let mut members = Vec::with_capacity(ns);
