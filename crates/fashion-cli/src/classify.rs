@@ -1,5 +1,6 @@
 //! `fashion classify`.
 
+use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,9 +27,20 @@ pub struct ClassifyArgs {
     /// standard input, one per line.
     #[arg(required = true, value_name = "PHOTOS")]
     inputs: Vec<String>,
-    /// Output format.
-    #[arg(long, short, value_enum, default_value = "table")]
-    format: Format,
+    /// Output format [default: table; with --out, csv for a .csv file and jsonl otherwise].
+    #[arg(long, short, value_enum)]
+    format: Option<Format>,
+    /// Write results to this file (jsonl or csv) as they come, instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Continue an interrupted run: photos already in --out are skipped and new results are
+    /// appended. A line cut short by the interruption is removed first.
+    #[arg(long, requires = "out")]
+    resume: bool,
+    /// Classify only shard I of N (1-based), a fixed share of the photos chosen by a hash of
+    /// their paths: N processes with --shard 1/N ... N/N together classify every photo once.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<(u64, u64)>,
     /// Candidates listed per answer.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     top: u16,
@@ -110,12 +122,121 @@ pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 2/8")?;
+    let (i, n): (u64, u64) = (
+        i.parse().map_err(|_| "I must be a number")?,
+        n.parse().map_err(|_| "N must be a number")?,
+    );
+    if n == 0 || i == 0 || i > n {
+        return Err("expected 1 <= I <= N".into());
+    }
+    Ok((i, n))
+}
+
+/// FNV-1a of the path: the same shard on every machine and every run.
+fn shard_of(path: &Path, n: u64) -> u64 {
+    let h = path
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+        });
+    h % n + 1
+}
+
+/// Opens --out: a new file, or with `resume` the old one cut back to its last complete line;
+/// returns it with the paths it already holds and whether it is empty.
+fn open_output(
+    path: &Path,
+    format: Format,
+    resume: bool,
+) -> Result<(std::fs::File, HashSet<String>, bool)> {
+    use std::fs::OpenOptions;
+    if !resume {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "cannot create {} (to continue a run into it, add --resume)",
+                    path.display()
+                )
+            })?;
+        return Ok((file, HashSet::new(), true));
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut text)?;
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < text.len() {
+        file.set_len(complete as u64)?;
+    }
+    let text = &text[..complete];
+    let mut done = HashSet::new();
+    match format {
+        Format::Jsonl => {
+            for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+                if line.is_empty() {
+                    continue;
+                }
+                let v: serde_json::Value = serde_json::from_slice(line)
+                    .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+                let p = v["path"]
+                    .as_str()
+                    .with_context(|| format!("{} line {}: no path", path.display(), i + 1))?;
+                done.insert(p.to_string());
+            }
+        }
+        Format::Csv => {
+            let mut r = csv::Reader::from_reader(text);
+            for rec in r.records() {
+                let rec = rec.with_context(|| format!("{}: bad CSV", path.display()))?;
+                done.insert(rec.get(0).unwrap_or_default().to_string());
+            }
+        }
+        Format::Table | Format::Json => bail!("--out writes jsonl or csv"),
+    }
+    Ok((file, done, complete == 0))
+}
+
 pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.min_confidence) {
         bail!("--min-confidence must be between 0 and 1");
     }
-    let paths = expand_inputs(&args.inputs)?;
-    if paths.is_empty() {
+    let format = match (args.format, &args.out) {
+        (Some(Format::Table | Format::Json), Some(_)) => {
+            bail!("--out writes jsonl or csv, one result per line as it goes")
+        }
+        (Some(f), _) => f,
+        (None, Some(out)) if out.extension().is_some_and(|e| e == "csv") => Format::Csv,
+        (None, Some(_)) => Format::Jsonl,
+        (None, None) => Format::Table,
+    };
+    let mut paths = expand_inputs(&args.inputs)?;
+    if let Some((i, n)) = args.shard {
+        paths.retain(|p| shard_of(p, n) == i);
+    }
+    let (sink, done, header): (Box<dyn Write>, HashSet<String>, bool) = match &args.out {
+        Some(out) => {
+            let (file, done, empty) = open_output(out, format, args.resume)?;
+            (Box::new(file), done, empty)
+        }
+        None => (Box::new(std::io::stdout().lock()), HashSet::new(), true),
+    };
+    let skipped = paths.len();
+    paths.retain(|p| !done.contains(&p.display().to_string()));
+    let skipped = skipped - paths.len();
+    if skipped > 0 {
+        eprintln!("{skipped} photos already classified in the output; skipping them");
+    }
+    if paths.is_empty() && skipped == 0 {
         bail!("no photos found in the inputs");
     }
     let vocabulary = match &args.colours {
@@ -140,9 +261,8 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
         ProgressStyle::with_template("{bar:40} {pos}/{len} photos {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut writer = Writer::new(args.format, &mut out)?;
+    let mut out = std::io::BufWriter::new(sink);
+    let mut writer = Writer::new(format, &mut out, header)?;
     let mut failures = Vec::new();
     let start = std::time::Instant::now();
     for chunk in paths.chunks(usize::from(args.batch)) {
@@ -216,14 +336,17 @@ struct Writer<'a, W: Write> {
 }
 
 impl<'a, W: Write> Writer<'a, W> {
-    fn new(format: Format, out: &'a mut W) -> Result<Self> {
+    /// `header`: start with the column names (table, csv); off when appending to a file.
+    fn new(format: Format, out: &'a mut W, header: bool) -> Result<Self> {
         let sink = match format {
             Format::Table => {
-                writeln!(
-                    out,
-                    "{:<40} {:<28} {:<14} {:<22} PALETTE",
-                    "PHOTO", "CATEGORY", "VIEW", "COLOUR"
-                )?;
+                if header {
+                    writeln!(
+                        out,
+                        "{:<40} {:<28} {:<14} {:<22} PALETTE",
+                        "PHOTO", "CATEGORY", "VIEW", "COLOUR"
+                    )?;
+                }
                 Sink::Table(out)
             }
             Format::Json => {
@@ -233,7 +356,9 @@ impl<'a, W: Write> Writer<'a, W> {
             Format::Jsonl => Sink::Jsonl(out),
             Format::Csv => {
                 let mut w = csv::Writer::from_writer(out);
-                w.write_record(CSV_HEADER)?;
+                if header {
+                    w.write_record(CSV_HEADER)?;
+                }
                 Sink::Csv(Box::new(w))
             }
         };

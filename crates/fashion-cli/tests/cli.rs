@@ -170,3 +170,137 @@ fn bad_arguments_and_missing_model_fail_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no file matches"));
 }
+
+#[test]
+fn a_killed_run_resumes_with_every_photo_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    let total = 60;
+    for i in 0..total {
+        let shade = (i * 4) as u8;
+        let img = image::RgbImage::from_fn(900, 1200, |x, y| {
+            image::Rgb([shade, (x % 256) as u8, (y % 256) as u8])
+        });
+        img.save(photos.join(format!("{i:03}.png"))).unwrap();
+    }
+    let out = dir.path().join("tags.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fashion"))
+        .args(["classify", "--batch", "1", "--out"])
+        .arg(&out)
+        .arg(&photos)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while lines(&out) < 3 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let before = lines(&out);
+    assert!(
+        before < total,
+        "killed mid-run ({before} of {total} written)"
+    );
+
+    let again = fashion(
+        &[
+            "classify",
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+            photos.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut seen: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            assert!(v.get("category").is_some(), "{l}");
+            v["path"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(seen.len(), total);
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), total, "every photo exactly once");
+
+    // Resuming a finished run classifies nothing and leaves the file as it is.
+    let third = fashion(
+        &[
+            "classify",
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+            photos.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(third.status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+    // Without --resume an existing output is never overwritten.
+    let clobber = fashion(
+        &[
+            "classify",
+            "--out",
+            out.to_str().unwrap(),
+            photos.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(clobber.status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+}
+
+#[test]
+fn shards_partition_the_photos() {
+    let dir = photo_folder();
+    let d = dir.path().to_str().unwrap();
+    let mut all = Vec::new();
+    for i in 1..=3 {
+        let shard = format!("{i}/3");
+        let out = fashion(
+            &["classify", "--format", "jsonl", "--shard", &shard, d],
+            None,
+        );
+        all.extend(
+            jsonl(&out)
+                .into_iter()
+                .map(|r| r["path"].as_str().unwrap().to_string()),
+        );
+    }
+    all.sort();
+    let whole: Vec<String> = {
+        let out = fashion(&["classify", "--format", "jsonl", d], None);
+        let mut v: Vec<String> = jsonl(&out)
+            .into_iter()
+            .map(|r| r["path"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(all, whole);
+    let bad = fashion(&["classify", "--shard", "4/3", d], None);
+    assert_eq!(bad.status.code(), Some(2));
+}
