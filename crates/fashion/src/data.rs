@@ -5,7 +5,10 @@
 //!   validation). Labels `category` and `view`.
 //! - [`Layout::Fpi`]: Fashion Product Images as distributed: `images/<id>.jpg` and `styles.csv`.
 //!   Labels `article_type` and `colour_family` (the `baseColour` mapped to 12 families + multi by
-//!   `data/fpi_colour_families.csv`). The split comes from a `manifest.csv` beside `styles.csv` when
+//!   `data/fpi_colour_families.csv`); footwear and accessories also get a `category` from
+//!   `data/fpi_categories.csv`, so that one category list covers clothes (In-shop's 17
+//!   categories), shoes, bags and accessories. FPI clothes get no `category`: their article types
+//!   do not map one-to-one onto In-shop's categories. The split comes from a `manifest.csv` beside `styles.csv` when
 //!   it has one, otherwise from a hash of the product id (1 in 10 to validation).
 //! - [`Layout::Csv`]: a CSV file with a `path` column (relative to the CSV's folder) and any of
 //!   `category`, `view`, `article_type`, `colour_family`, `split`, `group`.
@@ -192,6 +195,26 @@ pub fn fpi_colour_family(base: &str) -> Option<&'static str> {
     map.get(base).copied()
 }
 
+/// FPI (`masterCategory`, `subCategory`) -> shop category, for footwear and accessories.
+pub fn fpi_category(master: &str, sub: &str) -> Option<&'static str> {
+    static MAP: std::sync::OnceLock<HashMap<(String, String), &'static str>> =
+        std::sync::OnceLock::new();
+    let map = MAP.get_or_init(|| {
+        include_str!("../data/fpi_categories.csv")
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut f = l.splitn(3, ',');
+                Some((
+                    (f.next()?.to_string(), f.next()?.to_string()),
+                    &*f.next()?.to_string().leak(),
+                ))
+            })
+            .collect()
+    });
+    map.get(&(master.to_string(), sub.to_string())).copied()
+}
+
 fn hash_split(key: &str) -> Split {
     // FNV-1a: stable across runs and platforms.
     let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
@@ -263,6 +286,9 @@ fn load_fpi(root: &Path) -> Result<Vec<Sample>> {
         labels.insert(ARTICLE_TYPE.to_string(), rec[article].to_string());
         if let Some(f) = fpi_colour_family(&rec[colour]) {
             labels.insert(COLOUR_FAMILY.to_string(), f.to_string());
+        }
+        if let Some(c) = fpi_category(&rec[master], &rec[sub]) {
+            labels.insert(CATEGORY.to_string(), c.to_string());
         }
         let mut attrs = BTreeMap::new();
         attrs.insert("master_category".to_string(), rec[master].to_string());
@@ -416,6 +442,16 @@ mod tests {
             let (_, f) = l.split_once(',').unwrap();
             assert!(f.is_empty() || families.contains(&f), "{l}");
         }
+    }
+
+    #[test]
+    fn fpi_footwear_and_accessories_get_a_shop_category() {
+        assert_eq!(fpi_category("Footwear", "Shoes"), Some("Shoes"));
+        assert_eq!(
+            fpi_category("Accessories", "Mufflers"),
+            Some("Scarves_Stoles")
+        );
+        assert_eq!(fpi_category("Apparel", "Topwear"), None);
     }
 
     #[test]
