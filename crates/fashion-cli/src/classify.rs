@@ -7,8 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use fashion::colour::Vocabulary;
-use fashion::{Classifier, ClassifyOptions, Prediction};
+use fashion::{ClassifyOptions, Prediction};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,15 +46,8 @@ pub struct ClassifyArgs {
     /// Answers less confident than this say `unsure` (their candidates stay listed). 0..1.
     #[arg(long, default_value_t = 0.0)]
     min_confidence: f32,
-    /// Model file (default: the built-in model).
-    #[arg(long, value_name = "FILE")]
-    model: Option<PathBuf>,
-    /// Colour vocabulary CSV (`name,family,hex`) replacing the built-in colour names.
-    #[arg(long, value_name = "FILE")]
-    colours: Option<PathBuf>,
-    /// Inference threads (0 = every core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    model: crate::model::ModelArgs,
     /// Photos per model batch.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     batch: u16,
@@ -239,18 +231,12 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     if paths.is_empty() && skipped == 0 {
         bail!("no photos found in the inputs");
     }
-    let vocabulary = match &args.colours {
-        Some(p) => Vocabulary::from_file(p)?,
-        None => Vocabulary::default(),
-    };
-    let model = crate::model::load(args.model.as_deref(), args.threads)?;
-    let options = ClassifyOptions {
+    let classifier = args.model.classifier(ClassifyOptions {
         top_k: args.top.into(),
         min_confidence: args.min_confidence,
         max_pixels: args.max_pixels,
         ..Default::default()
-    };
-    let classifier = Classifier::new(model, vocabulary, options);
+    })?;
 
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::new(paths.len() as u64)

@@ -5,10 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use fashion::colour::Vocabulary;
 use fashion::data::{Dataset, Layout, Split};
 use fashion::eval::{evaluate, EvalOptions};
-use fashion::{Classifier, ClassifyOptions};
+use fashion::ClassifyOptions;
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum SplitArg {
@@ -45,15 +44,8 @@ pub struct EvalArgs {
     /// Where to write the JSON report (Markdown and PNGs go beside it).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Model file (default: the built-in model).
-    #[arg(long, value_name = "FILE")]
-    model: Option<PathBuf>,
-    /// Colour vocabulary CSV (`name,family,hex`).
-    #[arg(long, value_name = "FILE")]
-    colours: Option<PathBuf>,
-    /// Inference threads (0 = every core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    model: crate::model::ModelArgs,
 }
 
 pub fn run(args: EvalArgs) -> Result<ExitCode> {
@@ -76,12 +68,7 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         only.push((k.to_string(), v.to_string()));
     }
     let data = Dataset::load(&args.data, layout).context("cannot load the dataset")?;
-    let vocabulary = match &args.colours {
-        Some(p) => Vocabulary::from_file(p)?,
-        None => Vocabulary::default(),
-    };
-    let model = crate::model::load(args.model.as_deref(), args.threads)?;
-    let classifier = Classifier::new(model, vocabulary, ClassifyOptions::default());
+    let classifier = args.model.classifier(ClassifyOptions::default())?;
     let report = evaluate(
         &classifier,
         &data,

@@ -3,7 +3,35 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use fashion::Model;
+use clap::Args;
+use fashion::colour::Vocabulary;
+use fashion::{Classifier, ClassifyOptions, Model};
+
+/// The flags that choose the model and how it runs, shared by the commands that classify.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// Model file (default: the built-in model).
+    #[arg(long, value_name = "FILE")]
+    model: Option<PathBuf>,
+    /// Colour vocabulary CSV (`name,family,hex`) replacing the built-in colour names.
+    #[arg(long, value_name = "FILE")]
+    colours: Option<PathBuf>,
+    /// Inference threads (0 = every core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl ModelArgs {
+    /// Loads the vocabulary and the model.
+    pub fn classifier(&self, options: ClassifyOptions) -> Result<Classifier> {
+        let vocabulary = match &self.colours {
+            Some(p) => Vocabulary::from_file(p)?,
+            None => Vocabulary::default(),
+        };
+        let model = load(self.model.as_deref(), self.threads)?;
+        Ok(Classifier::new(model, vocabulary, options))
+    }
+}
 
 /// The built-in model, trained on DeepFashion In-shop and Fashion Product Images (see
 /// models/MODEL_CARD.md).

@@ -43,6 +43,20 @@ fn photo_folder() -> tempfile::TempDir {
     dir
 }
 
+/// `fashion classify --out OUT --resume PHOTOS`.
+fn resume(out: &Path, photos: &Path) -> Output {
+    fashion(
+        &[
+            "classify",
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+            photos.to_str().unwrap(),
+        ],
+        None,
+    )
+}
+
 fn jsonl(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -215,16 +229,7 @@ fn a_killed_run_resumes_with_every_photo_exactly_once() {
         "killed mid-run ({before} of {total} written)"
     );
 
-    let again = fashion(
-        &[
-            "classify",
-            "--out",
-            out.to_str().unwrap(),
-            "--resume",
-            photos.to_str().unwrap(),
-        ],
-        None,
-    );
+    let again = resume(&out, &photos);
     assert_eq!(
         again.status.code(),
         Some(0),
@@ -247,16 +252,7 @@ fn a_killed_run_resumes_with_every_photo_exactly_once() {
     assert_eq!(seen.len(), total, "every photo exactly once");
 
     // Resuming a finished run classifies nothing and leaves the file as it is.
-    let third = fashion(
-        &[
-            "classify",
-            "--out",
-            out.to_str().unwrap(),
-            "--resume",
-            photos.to_str().unwrap(),
-        ],
-        None,
-    );
+    let third = resume(&out, &photos);
     assert_eq!(third.status.code(), Some(0));
     assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
     // Without --resume an existing output is never overwritten.
