@@ -166,7 +166,9 @@ fn load_inshop(root: &Path) -> Result<Vec<Sample>> {
         out.push(Sample {
             path: root.join(name),
             split,
-            group: Some(item.to_string()),
+            // An item id can be reused across gender and category folders; the folder is the
+            // product.
+            group: Some(format!("{}/{}/{item}", parts[1], parts[2])),
             labels,
             attrs,
         });
@@ -472,6 +474,6 @@ mod tests {
         assert_eq!(d.samples[1].labels[VIEW], "detail");
         assert_eq!(d.samples[2].labels[CATEGORY], "Dresses");
         assert_eq!(d.samples[2].split, Split::Val);
-        assert_eq!(d.samples[2].group.as_deref(), Some("id_3"));
+        assert_eq!(d.samples[2].group.as_deref(), Some("WOMEN/Dresses/id_3"));
     }
 }

@@ -60,6 +60,9 @@ pub struct HeadReport {
     pub per_class: BTreeMap<String, ClassStats>,
     pub confusion: Confusion,
     pub calibration: Calibration,
+    /// Present when the dataset says which photos show the same product.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub products: Option<Products>,
 }
 
 /// The measurements of a model on one dataset.
@@ -79,6 +82,19 @@ struct Outcome {
     predicted: String,
     confidence: f32,
     in_top3: bool,
+    /// The product the photo shows, and the head's probabilities (model label order), for the
+    /// product-level vote.
+    group: Option<String>,
+    probs: Vec<f32>,
+}
+
+/// Accuracy per product when all photos of a product vote together (mean probability).
+#[derive(Debug, Clone, Serialize)]
+pub struct Products {
+    /// Products (groups of photos) measured.
+    pub n: usize,
+    /// Share of products whose combined answer is right.
+    pub accuracy: f64,
 }
 
 /// Runs the model over the dataset's photos and measures every head the dataset labels.
@@ -114,7 +130,12 @@ pub fn evaluate(classifier: &Classifier, data: &Dataset, opts: &EvalOptions) -> 
     let heads = outcomes
         .into_iter()
         .filter(|(_, o)| !o.is_empty())
-        .map(|(h, o)| (h, measure(&o)))
+        .map(|(h, o)| {
+            let labels = classifier.model.head(&h).map_or(&[][..], |i| &i.labels[..]);
+            let mut report = measure(&o);
+            report.products = products(&o, labels);
+            (h, report)
+        })
         .collect();
     Ok(Report {
         model: classifier.model.info.name.clone(),
@@ -150,8 +171,40 @@ fn record(c: &Classifier, s: &Sample, p: &Prediction, out: &mut BTreeMap<String,
             predicted,
             confidence,
             in_top3,
+            group: s.group.clone(),
+            probs: probs.clone(),
         });
     }
+}
+
+/// Combines the photos of each product by their mean probabilities and scores the products.
+/// `None` unless every photo belongs to a product and each product has one true label (a view
+/// differs from photo to photo of a product; its category does not).
+fn products(o: &[Outcome], labels: &[String]) -> Option<Products> {
+    let mut groups: BTreeMap<&str, (Vec<f32>, &str)> = BTreeMap::new();
+    for x in o {
+        let g = x.group.as_deref()?;
+        let (sum, truth) = groups
+            .entry(g)
+            .or_insert_with(|| (vec![0.0; x.probs.len()], x.truth.as_str()));
+        if *truth != x.truth {
+            return None;
+        }
+        for (a, b) in sum.iter_mut().zip(&x.probs) {
+            *a += b;
+        }
+    }
+    let right = groups
+        .values()
+        .filter(|(sum, truth)| {
+            let best = (0..sum.len()).max_by(|&a, &b| sum[a].total_cmp(&sum[b]));
+            best.and_then(|i| labels.get(i)).is_some_and(|l| l == truth)
+        })
+        .count();
+    (!groups.is_empty()).then(|| Products {
+        n: groups.len(),
+        accuracy: right as f64 / groups.len() as f64,
+    })
 }
 
 fn measure(o: &[Outcome]) -> HeadReport {
@@ -241,6 +294,7 @@ fn measure(o: &[Outcome]) -> HeadReport {
         per_class,
         confusion: Confusion { labels, matrix },
         calibration: Calibration { ece, bins },
+        products: None,
     }
 }
 
@@ -248,7 +302,7 @@ impl Report {
     /// The report as Markdown.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "# {} on {} ({} split)\n\n{} photos, {} failed to decode.\n\n| head | n | accuracy | top-3 | macro-F1 | ECE |\n|---|---|---|---|---|---|\n",
+            "# {} on {} ({} split)\n\n{} photos, {} failed to decode.\n\n| head | n | accuracy | top-3 | macro-F1 | ECE | products | product accuracy |\n|---|---|---|---|---|---|---|---|\n",
             self.model,
             self.dataset.display(),
             self.split,
@@ -256,8 +310,14 @@ impl Report {
             self.failed.len()
         );
         for (h, r) in &self.heads {
+            let (np, pa) = r
+                .products
+                .as_ref()
+                .map_or((String::new(), String::new()), |p| {
+                    (p.n.to_string(), format!("{:.1}%", 100.0 * p.accuracy))
+                });
             s += &format!(
-                "| {h} | {} | {:.1}% | {:.1}% | {:.3} | {:.3} |\n",
+                "| {h} | {} | {:.1}% | {:.1}% | {:.3} | {:.3} | {np} | {pa} |\n",
                 r.n,
                 100.0 * r.accuracy,
                 100.0 * r.top3,
@@ -358,7 +418,37 @@ mod tests {
             predicted: p.into(),
             confidence: c,
             in_top3: t == p,
+            group: None,
+            probs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn products_vote_with_mean_probabilities() {
+        let photo = |g: &str, p: [f32; 2]| Outcome {
+            group: Some(g.into()),
+            probs: p.to_vec(),
+            ..o("a", if p[0] > p[1] { "a" } else { "b" }, p[0].max(p[1]))
+        };
+        let labels = ["a".to_string(), "b".to_string()];
+        // p1: mean (0.45, 0.55) -> b, wrong. p2: right. p3: the vote fixes its second photo.
+        let r = products(
+            &[
+                photo("p1", [0.6, 0.4]),
+                photo("p1", [0.3, 0.7]),
+                photo("p2", [0.9, 0.1]),
+                photo("p3", [0.8, 0.2]),
+                photo("p3", [0.45, 0.55]),
+            ],
+            &labels,
+        )
+        .unwrap();
+        assert_eq!(r.n, 3);
+        assert!((r.accuracy - 2.0 / 3.0).abs() < 1e-12);
+        assert!(
+            products(&[o("a", "a", 0.9)], &labels).is_none(),
+            "no groups, no vote"
+        );
     }
 
     #[test]
