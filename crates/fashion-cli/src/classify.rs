@@ -56,14 +56,6 @@ pub struct ClassifyArgs {
     max_pixels: u64,
 }
 
-const PHOTO_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
-
-fn is_photo(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| PHOTO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read folder {}", dir.display()))?
@@ -73,7 +65,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for p in entries {
         if p.is_dir() {
             walk(&p, out)?;
-        } else if is_photo(&p) {
+        } else if fashion::data::is_photo(&p) {
             out.push(p);
         }
     }
@@ -95,7 +87,7 @@ pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
             continue;
         }
         let p = Path::new(input);
-        if p.is_dir() && !is_photo(p) {
+        if p.is_dir() && !fashion::data::is_photo(p) {
             walk(p, &mut out)?;
         } else if p.exists() || !input.contains(['*', '?', '[']) {
             // A file (or a missing path, which gets its own error when read).
@@ -126,15 +118,9 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
     Ok((i, n))
 }
 
-/// FNV-1a of the path: the same shard on every machine and every run.
+/// The shard (1..=n) of a photo, by a stable hash of its path: the same on every machine and run.
 fn shard_of(path: &Path, n: u64) -> u64 {
-    let h = path
-        .to_string_lossy()
-        .bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-        });
-    h % n + 1
+    fashion::hash::of(path.to_string_lossy().as_bytes()) % n + 1
 }
 
 /// Opens --out: a new file, or with `resume` the old one cut back to its last complete line;

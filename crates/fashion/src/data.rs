@@ -218,11 +218,7 @@ pub fn fpi_category(master: &str, sub: &str) -> Option<&'static str> {
 }
 
 fn hash_split(key: &str) -> Split {
-    // FNV-1a: stable across runs and platforms.
-    let h = key.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    });
-    if h % 10 == 0 {
+    if crate::hash::of(key.as_bytes()).is_multiple_of(10) {
         Split::Val
     } else {
         Split::Train
@@ -368,7 +364,8 @@ fn load_csv(file: &Path) -> Result<Vec<Sample>> {
     Ok(out)
 }
 
-fn is_photo(p: &Path) -> bool {
+/// Whether the file name has a photo extension this library decodes.
+pub fn is_photo(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .map(|e| {

@@ -31,3 +31,4 @@ pub mod predict;
 
 pub use predict::{Classifier, ClassifyOptions, Prediction};
 pub mod eval;
+pub mod hash;

@@ -12,16 +12,9 @@ use rayon::prelude::*;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::hash::fnv1a;
 use crate::model::{FEATURES, FEATURE_DIM};
 use crate::preprocess::Preprocess;
-
-/// FNV-1a, for cache keys: stable across runs and platforms.
-pub(crate) fn fnv(h: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
-}
-pub(crate) const FNV_START: u64 = 0xcbf29ce484222325;
 
 /// Computes (or reads back) the features of `paths`, `FEATURE_DIM` floats per photo, mirrored
 /// when `flip` is set. `model_key` identifies the backbone and preprocessing.
@@ -36,10 +29,10 @@ pub fn features(
     batch: usize,
     label: &str,
 ) -> Result<Vec<f32>> {
-    let mut key = fnv(model_key, &[u8::from(flip)]);
+    let mut key = fnv1a(model_key, &[u8::from(flip)]);
     for p in paths {
-        key = fnv(key, p.to_string_lossy().as_bytes());
-        key = fnv(key, b"\n");
+        key = fnv1a(key, p.to_string_lossy().as_bytes());
+        key = fnv1a(key, b"\n");
     }
     std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
     let file = cache_dir.join(format!("features-{key:016x}.f32"));

@@ -14,8 +14,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::features::{fnv, FNV_START};
 use crate::error::{Error, Result};
+use crate::hash::{fnv1a, START};
 use crate::model::{HeadInfo, HeadWeights, FEATURE_DIM};
 
 /// Hyper-parameters of the classifier heads.
@@ -116,15 +116,15 @@ pub fn train_head(
     cache_dir: &Path,
     model_key: u64,
 ) -> Result<(HeadWeights, HeadSummary)> {
-    let mut key = fnv(FNV_START, &model_key.to_le_bytes());
-    key = fnv(
+    let mut key = fnv1a(START, &model_key.to_le_bytes());
+    key = fnv1a(
         key,
         serde_json::to_string(cfg).unwrap_or_default().as_bytes(),
     );
-    key = fnv(key, &seed.to_le_bytes());
-    key = fnv(key, data.labels.join("\n").as_bytes());
+    key = fnv1a(key, &seed.to_le_bytes());
+    key = fnv1a(key, data.labels.join("\n").as_bytes());
     for v in data.train_y.iter().chain(&data.val_y) {
-        key = fnv(key, &v.to_le_bytes());
+        key = fnv1a(key, &v.to_le_bytes());
     }
     let ckpt = cache_dir.join(format!("head-{}-{key:016x}.safetensors", data.name));
     if let Ok(found) = load_checkpoint(&ckpt, &data) {
@@ -192,7 +192,7 @@ pub fn train_head(
     )
     .map_err(cerr)?;
 
-    let mut rng = StdRng::seed_from_u64(fnv(seed, data.name.as_bytes()));
+    let mut rng = StdRng::seed_from_u64(fnv1a(seed, data.name.as_bytes()));
     let w1 = Var::from_vec(
         uniform(&mut rng, h * d, (1.0 / d as f32).sqrt()),
         (h, d),

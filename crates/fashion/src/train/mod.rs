@@ -119,8 +119,8 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     let start = Instant::now();
     let cfg = job.config;
     let backbone_bytes = std::fs::read(job.backbone).map_err(|e| Error::io(job.backbone, e))?;
-    let mut model_key = features::fnv(features::FNV_START, &backbone_bytes);
-    model_key = features::fnv(
+    let mut model_key = crate::hash::fnv1a(crate::hash::START, &backbone_bytes);
+    model_key = crate::hash::fnv1a(
         model_key,
         serde_json::to_string(&cfg.preprocess)
             .unwrap_or_default()
