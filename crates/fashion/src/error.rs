@@ -48,6 +48,8 @@ pub enum BadImageKind {
     Corrupt,
     /// The image is larger than the pixel limit.
     TooLarge,
+    /// One side is more than [`crate::image::MAX_ASPECT`] times the other: no photo of a garment.
+    BadShape,
     /// The path is not a regular file.
     NotAFile,
     /// The file could not be read.
@@ -62,6 +64,7 @@ impl BadImageKind {
             Self::UnknownFormat => "unknown_format",
             Self::Corrupt => "corrupt",
             Self::TooLarge => "too_large",
+            Self::BadShape => "bad_shape",
             Self::NotAFile => "not_a_file",
             Self::Unreadable => "unreadable",
         }

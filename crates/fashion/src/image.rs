@@ -13,6 +13,10 @@ use crate::error::{BadImageKind, Error, Result};
 /// Default largest accepted photo, in pixels (a 100-megapixel photo is the largest a shop sends).
 pub const DEFAULT_MAX_PIXELS: u64 = 100_000_000;
 
+/// Largest accepted ratio of the longer side to the shorter: a 1x5000 strip is no photo, and
+/// resizing its shorter side to 256 pixels would need a 1.3-gigapixel buffer.
+pub const MAX_ASPECT: u64 = 100;
+
 /// How photos are decoded.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeOptions {
@@ -82,6 +86,13 @@ pub fn decode(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<RgbImag
 fn check_pixels(path: &Path, width: u64, height: u64, opts: &DecodeOptions) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(bad(path, BadImageKind::Corrupt, "image has no pixels"));
+    }
+    if width.max(height) > MAX_ASPECT * width.min(height) {
+        return Err(bad(
+            path,
+            BadImageKind::BadShape,
+            format!("{width}x{height}: one side is over {MAX_ASPECT} times the other"),
+        ));
     }
     if width * height > opts.max_pixels {
         return Err(bad(

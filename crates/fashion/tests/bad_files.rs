@@ -123,6 +123,7 @@ fn write_cases(dir: &Path) -> Vec<(PathBuf, Case)> {
             "unknown_format",
         ),
         ("bomb.png", png_with_header(30000, 30000), "too_large"),
+        ("strip.png", png_with_header(1, 5000), "bad_shape"),
         ("bomb.jpg", jpeg_with_size(60000, 60000), "too_large"),
         ("bomb.gif", gif_bomb, "too_large"),
         ("header_only.gif", b"GIF89a".to_vec(), "corrupt"),
