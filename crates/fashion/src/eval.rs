@@ -178,8 +178,9 @@ fn record(c: &Classifier, s: &Sample, p: &Prediction, out: &mut BTreeMap<String,
 }
 
 /// Combines the photos of each product by their mean probabilities and scores the products.
-/// `None` unless every photo belongs to a product and each product has one true label (a view
-/// differs from photo to photo of a product; its category does not).
+/// `None` unless every photo belongs to a product, each product has one true label (a view
+/// differs from photo to photo of a product; its category does not) and some product has
+/// several photos.
 fn products(o: &[Outcome], labels: &[String]) -> Option<Products> {
     let mut groups: BTreeMap<&str, (Vec<f32>, &str)> = BTreeMap::new();
     for x in o {
@@ -201,7 +202,8 @@ fn products(o: &[Outcome], labels: &[String]) -> Option<Products> {
             best.and_then(|i| labels.get(i)).is_some_and(|l| l == truth)
         })
         .count();
-    (!groups.is_empty()).then(|| Products {
+    // One photo per product says nothing beyond the per-photo numbers.
+    (groups.len() < o.len()).then(|| Products {
         n: groups.len(),
         accuracy: right as f64 / groups.len() as f64,
     })
