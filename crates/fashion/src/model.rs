@@ -81,10 +81,11 @@ fn add_features(g: &mut Graph) {
     );
 }
 
-/// The backbone with one output, `features`: what training caches.
-pub fn feature_graph(backbone: &Path) -> Result<Vec<u8>> {
-    let mut g = Graph::load(backbone)?;
-    check_backbone(&g, backbone)?;
+/// The backbone (ONNX bytes; `name` names it in errors) with one output, `features`: what
+/// training caches.
+pub fn feature_graph(backbone: &[u8], name: &Path) -> Result<Vec<u8>> {
+    let mut g = Graph::from_bytes(backbone, name)?;
+    check_backbone(&g, name)?;
     add_features(&mut g);
     g.set_outputs(&[(FEATURES, vec![FEATURE_DIM as i64])]);
     g.to_bytes()
@@ -103,10 +104,16 @@ fn check_backbone(g: &Graph, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Builds a complete model: backbone + features + heads, with `info` in its metadata.
-pub fn build(backbone: &Path, heads: &[HeadWeights], info: &ModelInfo) -> Result<Vec<u8>> {
-    let mut g = Graph::load(backbone)?;
-    check_backbone(&g, backbone)?;
+/// Builds a complete model: backbone (ONNX bytes; `name` names it in errors) + features + heads,
+/// with `info` in its metadata.
+pub fn build(
+    backbone: &[u8],
+    name: &Path,
+    heads: &[HeadWeights],
+    info: &ModelInfo,
+) -> Result<Vec<u8>> {
+    let mut g = Graph::from_bytes(backbone, name)?;
+    check_backbone(&g, name)?;
     add_features(&mut g);
     let mut outputs = vec![
         (POOLED, vec![CHANNELS]),

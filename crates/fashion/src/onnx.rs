@@ -28,12 +28,6 @@ pub enum Attr {
 }
 
 impl Graph {
-    /// Parses an ONNX file.
-    pub fn load(path: &Path) -> Result<Graph> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_bytes(&bytes, path)
-    }
-
     /// Parses ONNX bytes; `name` only names them in errors.
     pub fn from_bytes(bytes: &[u8], name: &Path) -> Result<Graph> {
         let model = ModelProto::parse_from_bytes(bytes)

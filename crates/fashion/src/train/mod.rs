@@ -126,7 +126,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
             .unwrap_or_default()
             .as_bytes(),
     );
-    let graph = model::feature_graph(job.backbone)?;
+    let graph = model::feature_graph(&backbone_bytes, job.backbone)?;
     let engine = Engine::from_bytes(&graph, job.backbone, cfg.threads)?;
 
     let mut datasets = Vec::new();
@@ -218,7 +218,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
             "no head to train: the datasets carry no labels with at least two classes".into(),
         ));
     }
-    write_model(job, &head_weights, &summaries, start)?;
+    write_model(job, &backbone_bytes, &head_weights, &summaries, start)?;
     Ok(TrainSummary {
         output: job.output.to_path_buf(),
         seconds: start.elapsed().as_secs_f64(),
@@ -228,6 +228,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
 
 fn write_model(
     job: &TrainJob,
+    backbone: &[u8],
     heads: &[HeadWeights],
     summaries: &BTreeMap<String, heads::HeadSummary>,
     start: Instant,
@@ -249,7 +250,7 @@ fn write_model(
             "fashion_version": env!("CARGO_PKG_VERSION"),
         }),
     };
-    let bytes = model::build(job.backbone, heads, &info)?;
+    let bytes = model::build(backbone, job.backbone, heads, &info)?;
     write_atomically(job.output, &bytes)
 }
 
