@@ -120,8 +120,8 @@ fn decode_jpeg(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<RgbIma
     check_pixels(path, info.width.into(), info.height.into(), opts)?;
     if info.coding_process == jpeg_decoder::CodingProcess::DctProgressive {
         // A progressive JPEG whose 1/8-scale image is large enough (within 15% of the size
-        // asked for) is read from its DC scans alone: 1 ms instead of 19 ms for a 1800x2400
-        // catalogue photo.
+        // asked for) is read from its DC scans alone: 4.8 ms instead of 35 ms for a full decode
+        // of a 1800x2400 catalogue photo, measured side by side by `examples/decode_time.rs`.
         let short = u32::from(info.width.min(info.height));
         if opts.min_shorter_side > 0 && short.div_ceil(8) * 100 >= opts.min_shorter_side * 85 {
             if let Some(img) = crate::jpeg_dc::decode_dc(bytes) {
