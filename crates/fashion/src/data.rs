@@ -184,14 +184,14 @@ fn load_inshop(root: &Path) -> Result<Vec<Sample>> {
 
 /// FPI `baseColour` -> colour family (12 families + `multi`); `None` for `NA`.
 pub fn fpi_colour_family(base: &str) -> Option<&'static str> {
-    static MAP: std::sync::OnceLock<HashMap<String, &'static str>> = std::sync::OnceLock::new();
+    static MAP: std::sync::OnceLock<HashMap<&'static str, &'static str>> =
+        std::sync::OnceLock::new();
     let map = MAP.get_or_init(|| {
         include_str!("../data/fpi_colour_families.csv")
             .lines()
             .skip(1)
             .filter_map(|l| l.split_once(','))
             .filter(|(_, f)| !f.is_empty())
-            .map(|(b, f)| (b.to_string(), &*f.to_string().leak()))
             .collect()
     });
     map.get(base).copied()
@@ -199,7 +199,7 @@ pub fn fpi_colour_family(base: &str) -> Option<&'static str> {
 
 /// FPI (`masterCategory`, `subCategory`) -> shop category, for footwear and accessories.
 pub fn fpi_category(master: &str, sub: &str) -> Option<&'static str> {
-    static MAP: std::sync::OnceLock<HashMap<(String, String), &'static str>> =
+    static MAP: std::sync::OnceLock<HashMap<(&'static str, &'static str), &'static str>> =
         std::sync::OnceLock::new();
     let map = MAP.get_or_init(|| {
         include_str!("../data/fpi_categories.csv")
@@ -207,14 +207,11 @@ pub fn fpi_category(master: &str, sub: &str) -> Option<&'static str> {
             .skip(1)
             .filter_map(|l| {
                 let mut f = l.splitn(3, ',');
-                Some((
-                    (f.next()?.to_string(), f.next()?.to_string()),
-                    &*f.next()?.to_string().leak(),
-                ))
+                Some(((f.next()?, f.next()?), f.next()?))
             })
             .collect()
     });
-    map.get(&(master.to_string(), sub.to_string())).copied()
+    map.get(&(master, sub)).copied()
 }
 
 fn hash_split(key: &str) -> Split {
