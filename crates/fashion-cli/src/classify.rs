@@ -51,6 +51,9 @@ pub struct ClassifyArgs {
     /// Photos per model batch.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     batch: u16,
+    /// Threads decoding photos while the model runs (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
     /// Photos with more pixels than this are refused.
     #[arg(long, default_value_t = fashion::image::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -237,19 +240,25 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     let mut writer = Writer::new(format, &mut out, header)?;
     let mut failures = Vec::new();
     let start = std::time::Instant::now();
-    for chunk in paths.chunks(usize::from(args.batch)) {
-        for (path, result) in chunk.iter().zip(classifier.classify_paths(chunk)) {
-            match result {
-                Ok(p) => writer.prediction(&p)?,
-                Err(e) => {
-                    writer.error(path, &e)?;
-                    failures.push(e);
-                }
+    let total = paths.len();
+    let stream = fashion::StreamOptions {
+        batch: usize::from(args.batch),
+        workers: args.workers,
+        ..Default::default()
+    };
+    classifier.classify_stream(paths, &stream, |path, result| -> Result<()> {
+        match result {
+            Ok(p) => writer.prediction(&p)?,
+            Err(e) => {
+                writer.error(path, &e)?;
+                failures.push(e);
             }
         }
+        // One whole record per write: a killed run leaves only complete lines behind.
         writer.flush()?;
-        bar.inc(chunk.len() as u64);
-    }
+        bar.inc(1);
+        Ok(())
+    })?;
     writer.finish()?;
     drop(writer);
     out.flush()?;
@@ -257,10 +266,10 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     let secs = start.elapsed().as_secs_f64();
     eprintln!(
         "{} photos, {} classified, {} failed, {:.1} photos/s",
-        paths.len(),
-        paths.len() - failures.len(),
+        total,
+        total - failures.len(),
         failures.len(),
-        paths.len() as f64 / secs.max(1e-9)
+        total as f64 / secs.max(1e-9)
     );
     for e in &failures {
         eprintln!("  failed: {e}");

@@ -1,5 +1,6 @@
 //! The `fashion` command: parses flags, runs one subcommand, prints the error chain.
 
+mod bench;
 mod classify;
 mod eval;
 mod model;
@@ -23,6 +24,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Train a model on labelled photos.
     Train(train::TrainArgs),
+    /// Measure photos per second, optionally against a reference pipeline.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +34,7 @@ fn main() -> std::process::ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -31,6 +31,24 @@ impl ModelArgs {
         let model = load(self.model.as_deref(), self.threads)?;
         Ok(Classifier::new(model, vocabulary, options))
     }
+
+    /// The inference thread count asked for (0 = every core).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The model as a file: --model, or the built-in model written into `dir`.
+    pub fn file(&self, dir: &Path) -> Result<PathBuf> {
+        match &self.model {
+            Some(p) => Ok(p.clone()),
+            None => {
+                let p = dir.join("default.onnx");
+                std::fs::write(&p, DEFAULT_MODEL)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+                Ok(p)
+            }
+        }
+    }
 }
 
 /// The built-in model, trained on DeepFashion In-shop and Fashion Product Images (see

@@ -99,6 +99,8 @@ impl Engine {
         let mut builder = Session::builder(env)
             .map_err(engine_err)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| engine_err(e.to_string()))?
+            .with_intra_op_spinning(false)
             .map_err(|e| engine_err(e.to_string()))?;
         if threads > 0 {
             builder = builder

@@ -32,3 +32,5 @@ pub mod predict;
 pub use predict::{Classifier, ClassifyOptions, Prediction};
 pub mod eval;
 pub mod hash;
+pub mod stream;
+pub use stream::StreamOptions;

@@ -89,6 +89,14 @@ pub struct Prediction {
     pub probabilities: BTreeMap<String, Vec<f32>>,
 }
 
+/// A photo decoded and cut to the model's input, with its garment palette: the work done per
+/// photo before the model, in parallel with it.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub crop: RgbImage,
+    pub palette: Vec<Swatch>,
+}
+
 /// Runs a model on photos.
 pub struct Classifier {
     pub model: Model,
@@ -105,41 +113,60 @@ impl Classifier {
         }
     }
 
+    /// Decodes a photo file, cuts the model's square from it and computes its garment palette:
+    /// everything a photo needs before the model sees it.
+    pub fn prepare_path(&self, path: &Path) -> Result<Prepared> {
+        let crop = self.model.info.preprocess.load(path, self.options.max_pixels)?;
+        Ok(self.prepared(crop))
+    }
+
+    /// Like [`Classifier::prepare_path`], for an encoded photo held in memory.
+    pub fn prepare_bytes(&self, bytes: &[u8], name: &Path) -> Result<Prepared> {
+        let crop = self
+            .model
+            .info
+            .preprocess
+            .decode(bytes, name, self.options.max_pixels)?;
+        Ok(self.prepared(crop))
+    }
+
+    fn prepared(&self, crop: RgbImage) -> Prepared {
+        let palette = colour::garment_palette(
+            &crop,
+            &self.vocabulary,
+            self.options.palette_size,
+            self.options.min_share,
+        );
+        Prepared { crop, palette }
+    }
+
     /// Classifies photo files as one batch; each photo gets its own result.
     pub fn classify_paths(&self, paths: &[PathBuf]) -> Vec<Result<Prediction>> {
-        let pre = &self.model.info.preprocess;
-        let crops: Vec<Result<RgbImage>> = paths
-            .par_iter()
-            .map(|p| pre.load(p, self.options.max_pixels))
-            .collect();
-        self.classify_decoded(
+        let prepared = paths.par_iter().map(|p| self.prepare_path(p)).collect();
+        self.classify_prepared(
             paths.iter().map(|p| p.display().to_string()).collect(),
-            crops,
+            prepared,
         )
     }
 
     /// Classifies encoded photos held in memory, named by `names`.
     pub fn classify_bytes(&self, items: &[(String, Vec<u8>)]) -> Vec<Result<Prediction>> {
-        let pre = &self.model.info.preprocess;
-        let crops = items
+        let prepared = items
             .par_iter()
-            .map(|(n, b)| pre.decode(b, Path::new(n), self.options.max_pixels))
+            .map(|(n, b)| self.prepare_bytes(b, Path::new(n)))
             .collect();
-        self.classify_decoded(items.iter().map(|(n, _)| n.clone()).collect(), crops)
+        self.classify_prepared(items.iter().map(|(n, _)| n.clone()).collect(), prepared)
     }
 
-    fn classify_decoded(
+    /// Runs the model once over the photos that were prepared; the others keep their error.
+    pub fn classify_prepared(
         &self,
         names: Vec<String>,
-        crops: Vec<Result<RgbImage>>,
+        prepared: Vec<Result<Prepared>>,
     ) -> Vec<Result<Prediction>> {
-        let good: Vec<usize> = (0..crops.len()).filter(|&i| crops[i].is_ok()).collect();
-        let images: Vec<&RgbImage> = good
-            .iter()
-            .filter_map(|&i| crops[i].as_ref().ok())
-            .collect();
-        let mut batch = match self.run(&images) {
-            Ok(preds) => preds.into_iter().map(Some).collect::<Vec<_>>(),
+        let good: Vec<&Prepared> = prepared.iter().filter_map(|p| p.as_ref().ok()).collect();
+        let mut batch = match self.run(&good) {
+            Ok(preds) => preds.into_iter(),
             Err(e) => {
                 let msg = e.to_string();
                 return names
@@ -148,56 +175,38 @@ impl Classifier {
                     .collect();
             }
         };
-        let mut out = Vec::with_capacity(names.len());
-        let mut next = 0;
-        for (i, (crop, name)) in crops.into_iter().zip(names).enumerate() {
-            match crop {
-                Err(e) => out.push(Err(e)),
-                Ok(_) => {
-                    debug_assert_eq!(good[next], i);
-                    let mut p = batch[next].take().expect("one prediction per good photo");
-                    p.path = name;
-                    out.push(Ok(p));
-                    next += 1;
-                }
-            }
-        }
-        out
+        prepared
+            .into_iter()
+            .zip(names)
+            .map(|(p, name)| {
+                p.map(|_| {
+                    let mut pred = batch.next().expect("one prediction per prepared photo");
+                    pred.path = name;
+                    pred
+                })
+            })
+            .collect()
     }
 
-    /// Runs the model on decoded, cropped photos.
-    pub fn run(&self, crops: &[&RgbImage]) -> Result<Vec<Prediction>> {
-        if crops.is_empty() {
+    /// Runs the model on prepared photos; the predictions' `path` is left empty.
+    pub fn run(&self, photos: &[&Prepared]) -> Result<Vec<Prediction>> {
+        if photos.is_empty() {
             return Ok(Vec::new());
         }
         let pre = &self.model.info.preprocess;
         let n = pre.tensor_len();
         let s = pre.crop as usize;
-        let mut input = vec![0f32; crops.len() * n];
-        input
-            .par_chunks_mut(n)
-            .zip(crops.par_iter())
-            .for_each(|(out, img)| pre.write_tensor(img, false, out));
-        let input = Array4::from_shape_vec((crops.len(), 3, s, s), input)
+        let mut input = vec![0f32; photos.len() * n];
+        for (out, p) in input.chunks_mut(n).zip(photos) {
+            pre.write_tensor(&p.crop, false, out);
+        }
+        let input = Array4::from_shape_vec((photos.len(), 3, s, s), input)
             .map_err(|e| Error::Engine(e.to_string()))?;
         let heads = &self.model.info.heads;
         let names: Vec<&str> = heads.iter().map(|h| h.name.as_str()).collect();
         let outputs = self.model.engine.run(input.view(), &names)?;
-        let palettes: Vec<Vec<Swatch>> = crops
-            .par_iter()
-            .map(|img| {
-                let small = image::imageops::thumbnail(*img, img.width() / 2, img.height() / 2);
-                let px = colour::garment_pixels(&small);
-                colour::palette(
-                    &px,
-                    &self.vocabulary,
-                    self.options.palette_size,
-                    self.options.min_share,
-                )
-            })
-            .collect();
-        let mut preds = Vec::with_capacity(crops.len());
-        for (i, palette) in palettes.into_iter().enumerate() {
+        let mut preds = Vec::with_capacity(photos.len());
+        for (i, photo) in photos.iter().enumerate() {
             let mut probabilities = BTreeMap::new();
             let mut answers = BTreeMap::new();
             for (h, out) in heads.iter().zip(&outputs) {
@@ -219,7 +228,7 @@ impl Classifier {
             preds.push(Prediction {
                 path: String::new(),
                 heads: answers,
-                colour: self.primary(family, palette),
+                colour: self.primary(family, photo.palette.clone()),
                 probabilities,
             });
         }

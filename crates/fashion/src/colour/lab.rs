@@ -7,13 +7,19 @@ pub type Lab = [f32; 3];
 
 const WHITE: [f32; 3] = [0.950_47, 1.0, 1.088_83];
 
+/// The sRGB transfer function, tabulated: every photo pixel goes through it three times.
 fn srgb_to_linear(c: u8) -> f32 {
-    let c = f32::from(c) / 255.0;
-    if c <= 0.040_45 {
-        c / 12.92
-    } else {
-        ((c + 0.055) / 1.055).powf(2.4)
-    }
+    static TABLE: std::sync::LazyLock<[f32; 256]> = std::sync::LazyLock::new(|| {
+        std::array::from_fn(|i| {
+            let c = i as f32 / 255.0;
+            if c <= 0.040_45 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        })
+    });
+    TABLE[usize::from(c)]
 }
 
 fn linear_to_srgb(c: f32) -> u8 {

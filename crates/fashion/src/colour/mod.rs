@@ -98,11 +98,56 @@ pub struct Swatch {
     pub lab: Lab,
 }
 
+/// Longer side of the thumbnail a palette is computed from: about 3,000 pixels (a quarter of the
+/// model's 224-pixel square), plenty for shares to the percent, and cheap next to the model.
+pub const PALETTE_SIDE: u32 = 56;
+
+/// The palette of a photo's garment (see [`garment_pixels`] and [`palette`]), computed on a
+/// box-filtered thumbnail at most [`PALETTE_SIDE`] pixels on its longer side.
+pub fn garment_palette(img: &RgbImage, vocab: &Vocabulary, k: usize, min_share: f32) -> Vec<Swatch> {
+    let px = match thumbnail(img, PALETTE_SIDE) {
+        Some(small) => garment_pixels(&small),
+        None => garment_pixels(img),
+    };
+    palette(&px, vocab, k, min_share)
+}
+
+/// A box-filtered copy at most `side` pixels on its longer side; `None` when `img` is already
+/// that small (or cannot be resized).
+fn thumbnail(img: &RgbImage, side: u32) -> Option<RgbImage> {
+    use fast_image_resize::images::{Image, ImageRef};
+    use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+    let (w, h) = img.dimensions();
+    if w.max(h) <= side {
+        return None;
+    }
+    let scale = f64::from(side) / f64::from(w.max(h));
+    let tw = ((f64::from(w) * scale).round() as u32).max(1);
+    let th = ((f64::from(h) * scale).round() as u32).max(1);
+    let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3).ok()?;
+    let mut dst = Image::new(tw, th, PixelType::U8x3);
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
+    Resizer::new().resize(&src, &mut dst, &opts).ok()?;
+    RgbImage::from_raw(tw, th, dst.into_vec())
+}
+
 /// The pixels that are probably garment: everything unlike the photo's border (the studio
 /// background) and, where enough remains, unlike skin. Returns Lab values.
 pub fn garment_pixels(img: &RgbImage) -> Vec<Lab> {
     let (w, h) = img.dimensions();
-    let labs: Vec<Lab> = img.pixels().map(|p| srgb_to_lab(p.0)).collect();
+    // Runs of equal pixels (a plain studio background) are converted and tested once.
+    let mut last: Option<([u8; 3], Lab)> = None;
+    let labs: Vec<Lab> = img
+        .pixels()
+        .map(|p| match last {
+            Some((rgb, lab)) if rgb == p.0 => lab,
+            _ => {
+                let lab = srgb_to_lab(p.0);
+                last = Some((p.0, lab));
+                lab
+            }
+        })
+        .collect();
     // Background: the median of the outer ring of pixels.
     let mut ring: Vec<Lab> = Vec::new();
     for y in 0..h {
@@ -118,9 +163,17 @@ pub fn garment_pixels(img: &RgbImage) -> Vec<Lab> {
         v[v.len() / 2]
     };
     let bg = [median(0), median(1), median(2)];
+    let mut last: Option<(Lab, bool)> = None;
     let fg: Vec<Lab> = labs
         .into_iter()
-        .filter(|l| ciede2000(*l, bg) > 8.0)
+        .filter(|l| match last {
+            Some((prev, far)) if prev == *l => far,
+            _ => {
+                let far = ciede2000(*l, bg) > 8.0;
+                last = Some((*l, far));
+                far
+            }
+        })
         .collect();
     let not_skin: Vec<Lab> = fg.iter().copied().filter(|l| !is_skin(*l)).collect();
     if not_skin.len() * 4 >= fg.len() && !not_skin.is_empty() {
@@ -153,10 +206,16 @@ pub fn palette(pixels: &[Lab], vocab: &Vocabulary, k: usize, min_share: f32) -> 
     let mut centres: Vec<Lab> = (0..k)
         .map(|i| pixels[order[(2 * i + 1) * pixels.len() / (2 * k)]])
         .collect();
-    let mut assign = vec![0usize; pixels.len()];
+    let mut assign = vec![usize::MAX; pixels.len()];
     for _ in 0..12 {
+        let mut moved = false;
         for (a, p) in assign.iter_mut().zip(pixels) {
-            *a = nearest(&centres, *p);
+            let n = nearest(&centres, *p);
+            moved |= n != *a;
+            *a = n;
+        }
+        if !moved {
+            break;
         }
         let mut sums = vec![[0f64; 4]; k];
         for (a, p) in assign.iter().zip(pixels) {

@@ -1,0 +1,67 @@
+"""Reference pipeline for `fashion bench --reference`: the plain Python way to tag a folder of photos.
+
+Pillow decodes each photo, resizes its shorter side (bilinear, antialiased) and cuts the centre
+square; NumPy normalises; ONNX Runtime runs the same model file on batches; each photo's best label
+per head is written as one JSON line. One process, photos decoded one after the other while the
+model waits, as a typical script does. It computes no colour palette, so it does less work than
+`fashion classify`.
+
+Usage: reference.py MODEL.onnx OUT.jsonl THREADS BATCH PHOTO...
+Prints one JSON object: {"photos": N, "seconds": S, "photos_per_s": R}.
+"""
+import json
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+
+def main():
+    model, out_path, threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    photos = sys.argv[5:]
+    if len(photos) == 1 and photos[0] == "-":
+        photos = [line.strip() for line in sys.stdin if line.strip()]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    meta = json.loads(sess.get_modelmeta().custom_metadata_map["fashion"])
+    pre = meta["preprocess"]
+    crop, size = pre["crop"], pre["resize_shorter"]
+    mean = np.array(pre["mean"], dtype=np.float32)
+    std = np.array(pre["std"], dtype=np.float32)
+    heads = [h["name"] for h in meta["heads"]]
+    labels = {h["name"]: h["labels"] for h in meta["heads"]}
+
+    def load(path):
+        img = Image.open(path).convert("RGB")
+        w, h = img.size
+        if w <= h:
+            nw, nh = size, int(h * size / w)
+        else:
+            nw, nh = int(w * size / h), size
+        img = img.resize((nw, nh), Image.BILINEAR)
+        left, top = round((nw - crop) / 2), round((nh - crop) / 2)
+        a = np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.float32)
+        return ((a - mean) / std).transpose(2, 0, 1)
+
+    start = time.perf_counter()
+    with open(out_path, "w") as out:
+        for i in range(0, len(photos), batch):
+            chunk = photos[i:i + batch]
+            x = np.stack([load(p) for p in chunk])
+            outs = dict(zip(heads, sess.run(heads, {"input": x})))
+            for j, p in enumerate(chunk):
+                rec = {"path": p}
+                for h in heads:
+                    k = int(np.argmax(outs[h][j]))
+                    rec[h] = {"label": labels[h][k], "confidence": float(outs[h][j][k])}
+                out.write(json.dumps(rec) + "\n")
+    secs = time.perf_counter() - start
+    print(json.dumps({"photos": len(photos), "seconds": secs, "photos_per_s": len(photos) / secs}))
+
+
+if __name__ == "__main__":
+    main()
