@@ -1,8 +1,10 @@
 //! The `fashion` command: parses flags, runs one subcommand, prints the error chain.
 
 mod bench;
+mod catalogue;
 mod classify;
 mod eval;
+mod export;
 mod model;
 mod train;
 
@@ -26,6 +28,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Measure photos per second, optionally against a reference pipeline.
     Bench(bench::BenchArgs),
+    /// Write the model for other serving engines (ONNX file, Triton repository).
+    Export(export::ExportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(code) => code,

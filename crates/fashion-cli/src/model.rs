@@ -32,6 +32,19 @@ impl ModelArgs {
         Ok(Classifier::new(model, vocabulary, options))
     }
 
+    /// The model without the vocabulary.
+    pub fn load(&self) -> Result<Model> {
+        load(self.model.as_deref(), self.threads)
+    }
+
+    /// The model file's bytes.
+    pub fn bytes(&self) -> Result<Vec<u8>> {
+        match &self.model {
+            Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display())),
+            None => Ok(DEFAULT_MODEL.to_vec()),
+        }
+    }
+
     /// The inference thread count asked for (0 = every core).
     pub fn threads(&self) -> usize {
         self.threads

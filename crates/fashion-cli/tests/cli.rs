@@ -300,3 +300,228 @@ fn shards_partition_the_photos() {
     let bad = fashion(&["classify", "--shard", "4/3", d], None);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// Two products of three photos each, in folders named by product id, listed by a CSV.
+fn catalogue() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let colours = [
+        [31, 42, 68],
+        [200, 16, 46],
+        [46, 139, 62],
+        [240, 200, 40],
+        [20, 20, 20],
+        [150, 80, 160],
+    ];
+    let mut csv = String::from("path,sku,category\n");
+    for (i, c) in colours.iter().enumerate() {
+        let product = if i < 3 { "p1" } else { "p2" };
+        std::fs::create_dir_all(d.join(product)).unwrap();
+        let rel = format!("{product}/{i}.png");
+        garment(&d.join(&rel), *c);
+        csv += &format!("{rel},{product},\n");
+    }
+    std::fs::write(d.join("photos.csv"), csv).unwrap();
+    dir
+}
+
+#[test]
+fn group_by_combines_each_products_photos_by_mean_probability() {
+    let dir = catalogue();
+    let d = dir.path();
+    let products = d.join("products.jsonl");
+    let out = fashion(
+        &[
+            "classify",
+            "--format",
+            "jsonl",
+            "--top",
+            "1000",
+            "--group-by",
+            "sku",
+            "--products",
+            products.to_str().unwrap(),
+            d.join("photos.csv").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = jsonl(&out);
+    let paths: Vec<String> = rows
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..6)
+        .map(|i| {
+            let p = if i < 3 { "p1" } else { "p2" };
+            d.join(format!("{p}/{i}.png")).display().to_string()
+        })
+        .collect();
+    assert_eq!(paths, want, "CSV rows, in order, relative to the CSV");
+
+    let text = std::fs::read_to_string(&products).unwrap();
+    let got: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 2);
+    for (k, product) in got.iter().enumerate() {
+        assert_eq!(product["product"], if k == 0 { "p1" } else { "p2" });
+        assert_eq!(product["photos"], 3);
+        // The mean of the three photos' full probability lists, computed here.
+        let mine = &rows[3 * k..3 * k + 3];
+        let mut mean: std::collections::BTreeMap<String, f64> = Default::default();
+        for r in mine {
+            for t in r["category"]["top"].as_array().unwrap() {
+                *mean.entry(t["label"].as_str().unwrap().into()).or_default() +=
+                    t["confidence"].as_f64().unwrap() / 3.0;
+            }
+        }
+        let (label, conf) = mean.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();
+        assert_eq!(product["category"]["label"].as_str().unwrap(), label);
+        assert!((product["category"]["confidence"].as_f64().unwrap() - conf).abs() < 1e-4);
+        let disagree: Vec<&str> = product["disagree"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["field"] == "category")
+            .map(|x| x["path"].as_str().unwrap())
+            .collect();
+        let expected: Vec<&str> = mine
+            .iter()
+            .filter(|r| r["category"]["label"].as_str().unwrap() != label)
+            .map(|r| r["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(disagree, expected);
+    }
+
+    // A regular expression on the path groups the same way.
+    let products2 = d.join("products2.jsonl");
+    let out = fashion(
+        &[
+            "classify",
+            "--group-by",
+            "/(p[0-9])/",
+            "--products",
+            products2.to_str().unwrap(),
+            d.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let text2 = std::fs::read_to_string(&products2).unwrap();
+    let ids: Vec<String> = text2
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["product"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["p1", "p2"]);
+}
+
+#[test]
+fn labels_flag_only_the_rows_the_model_contradicts() {
+    let dir = catalogue();
+    let d = dir.path();
+    let first = fashion(
+        &[
+            "classify",
+            "--format",
+            "jsonl",
+            d.join("p1").to_str().unwrap(),
+        ],
+        None,
+    );
+    let rows = jsonl(&first);
+    assert_eq!(rows.len(), 3);
+    // Row 0 keeps the model's own answer; row 1 gets a label the model ranks last.
+    let own = rows[0]["category"]["label"].as_str().unwrap().to_string();
+    let all = fashion(
+        &[
+            "classify",
+            "--format",
+            "jsonl",
+            "--top",
+            "1000",
+            d.join("p1/1.png").to_str().unwrap(),
+        ],
+        None,
+    );
+    let worst = jsonl(&all)[0]["category"]["top"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["label"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let labels = d.join("labels.csv");
+    std::fs::write(
+        &labels,
+        format!("path,category\np1/0.png,{own}\np1/1.png,{worst}\n"),
+    )
+    .unwrap();
+    let out = fashion(
+        &[
+            "classify",
+            "--format",
+            "jsonl",
+            "--labels",
+            labels.to_str().unwrap(),
+            "--contradict-confidence",
+            "0",
+            d.join("p1").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let rows = jsonl(&out);
+    assert!(
+        rows[0].get("flags").is_none(),
+        "the model agrees with row 0"
+    );
+    let flags = rows[1]["flags"].as_array().unwrap();
+    assert_eq!(flags.len(), 1);
+    assert_eq!(flags[0]["field"], "category");
+    assert_eq!(flags[0]["given"].as_str().unwrap(), worst);
+    assert!(rows[2].get("flags").is_none(), "no label given for row 2");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 photos have a catalogue label"));
+
+    // A confidence threshold above the model's answer flags nothing.
+    let out = fashion(
+        &[
+            "classify",
+            "--format",
+            "jsonl",
+            "--labels",
+            labels.to_str().unwrap(),
+            "--contradict-confidence",
+            "1",
+            d.join("p1").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(jsonl(&out).iter().all(|r| r.get("flags").is_none()));
+
+    // A labels file with no column the model knows is refused.
+    std::fs::write(&labels, "path,price\np1/0.png,10\n").unwrap();
+    let out = fashion(
+        &[
+            "classify",
+            "--labels",
+            labels.to_str().unwrap(),
+            d.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no column is named after"));
+}

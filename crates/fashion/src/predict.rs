@@ -116,7 +116,11 @@ impl Classifier {
     /// Decodes a photo file, cuts the model's square from it and computes its garment palette:
     /// everything a photo needs before the model sees it.
     pub fn prepare_path(&self, path: &Path) -> Result<Prepared> {
-        let crop = self.model.info.preprocess.load(path, self.options.max_pixels)?;
+        let crop = self
+            .model
+            .info
+            .preprocess
+            .load(path, self.options.max_pixels)?;
         Ok(self.prepared(crop))
     }
 

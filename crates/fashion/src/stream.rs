@@ -26,7 +26,7 @@ pub struct StreamOptions {
 impl Default for StreamOptions {
     fn default() -> Self {
         Self {
-            batch: 32,
+            batch: 16,
             workers: 0,
             max_wait: Duration::from_millis(50),
         }

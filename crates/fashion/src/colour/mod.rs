@@ -104,7 +104,12 @@ pub const PALETTE_SIDE: u32 = 56;
 
 /// The palette of a photo's garment (see [`garment_pixels`] and [`palette`]), computed on a
 /// box-filtered thumbnail at most [`PALETTE_SIDE`] pixels on its longer side.
-pub fn garment_palette(img: &RgbImage, vocab: &Vocabulary, k: usize, min_share: f32) -> Vec<Swatch> {
+pub fn garment_palette(
+    img: &RgbImage,
+    vocab: &Vocabulary,
+    k: usize,
+    min_share: f32,
+) -> Vec<Swatch> {
     let px = match thumbnail(img, PALETTE_SIDE) {
         Some(small) => garment_pixels(&small),
         None => garment_pixels(img),
