@@ -116,16 +116,25 @@ pub fn evaluate(classifier: &Classifier, data: &Dataset, opts: &EvalOptions) -> 
     );
     let mut outcomes: BTreeMap<String, Vec<Outcome>> = BTreeMap::new();
     let mut failed = Vec::new();
-    for chunk in samples.chunks(opts.batch.max(1)) {
-        let paths: Vec<PathBuf> = chunk.iter().map(|s| s.path.clone()).collect();
-        for (s, r) in chunk.iter().zip(classifier.classify_paths(&paths)) {
+    let stream = crate::stream::StreamOptions {
+        batch: opts.batch.max(1),
+        ..Default::default()
+    };
+    let mut next = samples.iter();
+    classifier.classify_stream(
+        samples.iter().map(|s| s.path.clone()),
+        &stream,
+        |_, r| -> Result<()> {
+            // Results come in input order.
+            let s = next.next().expect("one result per sample");
             match r {
                 Ok(p) => record(classifier, s, &p, &mut outcomes),
                 Err(e) => failed.push(e.to_string()),
             }
-        }
-        bar.inc(chunk.len() as u64);
-    }
+            bar.inc(1);
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
     let heads = outcomes
         .into_iter()
