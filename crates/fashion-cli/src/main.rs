@@ -6,6 +6,7 @@ mod classify;
 mod eval;
 mod export;
 mod model;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Measure photos per second, optionally against a reference pipeline.
     Bench(bench::BenchArgs),
+    /// Serve the model over HTTP, with a web page to drop photos on.
+    Serve(serve::ServeArgs),
     /// Write the model for other serving engines (ONNX file, Triton repository).
     Export(export::ExportArgs),
 }
@@ -40,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Export(args) => export::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,

@@ -32,6 +32,16 @@ impl ModelArgs {
         Ok(Classifier::new(model, vocabulary, options))
     }
 
+    /// The built-in model and vocabulary, one inference thread.
+    #[cfg(test)]
+    pub fn default_for_tests() -> ModelArgs {
+        ModelArgs {
+            model: None,
+            colours: None,
+            threads: 1,
+        }
+    }
+
     /// The model without the vocabulary.
     pub fn load(&self) -> Result<Model> {
         load(self.model.as_deref(), self.threads)

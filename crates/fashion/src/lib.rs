@@ -31,6 +31,7 @@ pub mod predict;
 
 pub use predict::{Classifier, ClassifyOptions, Prediction};
 pub mod eval;
+pub mod explain;
 pub mod export;
 pub mod hash;
 pub mod stream;

@@ -177,6 +177,8 @@ pub struct Model {
     pub path: PathBuf,
     pub engine: Engine,
     pub info: ModelInfo,
+    /// The category head, for heat maps (models with a `category` head and `feat_s32` output).
+    pub explainer: Option<crate::explain::Explainer>,
 }
 
 impl Model {
@@ -208,10 +210,18 @@ impl Model {
                 ));
             }
         }
+        let explainer = if engine.output_names().iter().any(|o| o == FEAT_S32) {
+            Graph::from_bytes(bytes, path)
+                .ok()
+                .and_then(|g| crate::explain::Explainer::from_graph(&g, "category"))
+        } else {
+            None
+        };
         Ok(Model {
             path: path.to_path_buf(),
             engine,
             info,
+            explainer,
         })
     }
 

@@ -55,6 +55,29 @@ impl Graph {
             .collect()
     }
 
+    /// A float32 initializer's shape and values.
+    pub fn initializer_f32(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
+        let t = self
+            .model
+            .graph
+            .initializer
+            .iter()
+            .find(|t| t.name == name)?;
+        if t.data_type != DataType::FLOAT as i32 {
+            return None;
+        }
+        let dims = t.dims.iter().map(|&d| d as usize).collect();
+        let data = if t.raw_data.is_empty() {
+            t.float_data.clone()
+        } else {
+            t.raw_data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()
+        };
+        Some((dims, data))
+    }
+
     /// Adds a float32 initializer of the given shape.
     pub fn initializer(&mut self, name: &str, dims: &[usize], data: Vec<f32>) {
         assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");

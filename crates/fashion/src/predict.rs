@@ -239,6 +239,53 @@ impl Classifier {
         Ok(preds)
     }
 
+    /// Heat maps of what drove each photo's category (see [`crate::explain`]); one more pass
+    /// of the model. Fails when the model has no category head or no `feat_s32` output.
+    pub fn heatmaps(&self, photos: &[&Prepared]) -> Result<Vec<crate::explain::Heatmap>> {
+        let (Some(explainer), Some(head)) = (&self.model.explainer, self.model.head("category"))
+        else {
+            return Err(Error::InvalidArgument(
+                "this model cannot explain its category (no category head or feat_s32)".into(),
+            ));
+        };
+        if photos.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pre = &self.model.info.preprocess;
+        let n = pre.tensor_len();
+        let s = pre.crop as usize;
+        let mut input = vec![0f32; photos.len() * n];
+        for (out, p) in input.chunks_mut(n).zip(photos) {
+            pre.write_tensor(&p.crop, false, out);
+        }
+        let input = Array4::from_shape_vec((photos.len(), 3, s, s), input)
+            .map_err(|e| Error::Engine(e.to_string()))?;
+        let out = self
+            .model
+            .engine
+            .run(input.view(), &[crate::model::FEAT_S32, "category"])?;
+        let feats = out[0]
+            .view()
+            .into_dimensionality::<ndarray::Ix4>()
+            .map_err(|e| Error::Engine(format!("feat_s32: {e}")))?;
+        (0..photos.len())
+            .map(|i| {
+                let probs = out[1].index_axis(ndarray::Axis(0), i);
+                let class = probs
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map_or(0, |(k, _)| k);
+                let feat = feats.index_axis(ndarray::Axis(0), i);
+                Ok(crate::explain::Heatmap {
+                    label: head.labels[class].clone(),
+                    size: feat.dim().1,
+                    values: explainer.map(feat, class),
+                })
+            })
+            .collect()
+    }
+
     fn answer(&self, labels: &[String], probs: &[f32]) -> HeadPrediction {
         let mut order: Vec<usize> = (0..probs.len()).collect();
         order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
