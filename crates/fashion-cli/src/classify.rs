@@ -352,6 +352,12 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     }
     if let Some(out) = &products_path {
         let (n, disagree) = products.write(out)?;
+        if n == 0 {
+            eprintln!(
+                "warning: no photo has a product id: --group-by {:?} matched no path (and is not a column of a CSV input)",
+                args.group_by.as_deref().unwrap_or_default()
+            );
+        }
         eprintln!(
             "{n} products written to {}; {disagree} photo answers disagree with their product's",
             out.display()

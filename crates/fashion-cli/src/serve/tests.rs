@@ -29,7 +29,7 @@ fn state_with(limits: Limits, max_pixels: u64) -> Arc<AppState> {
             ..Default::default()
         })
         .unwrap();
-    let st = AppState::new(classifier, limits);
+    let st = AppState::new(vec![classifier], limits);
     st.warm_up().unwrap();
     st
 }
