@@ -43,8 +43,9 @@ pub struct ServeArgs {
     /// Photos admitted at once (waiting or in work); beyond, requests get 429.
     #[arg(long, default_value_t = 128)]
     queue: usize,
-    /// Most photos a model worker runs at once (concurrent requests share batches).
-    #[arg(long, default_value_t = 16)]
+    /// Most photos a model worker runs at once (concurrent requests share batches). A
+    /// one-thread worker is as fast at 8 as at 16, with half the memory.
+    #[arg(long, default_value_t = 8)]
     batch: usize,
 
     #[command(flatten)]
