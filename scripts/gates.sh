@@ -31,8 +31,8 @@ echo "== ONNX Runtime (Python) gives the same probabilities as fashion classify"
 .venv/bin/python scripts/ort_parity.py "$fashion" models/default.onnx "$data/inshop/img"
 
 echo "== web page in headless Chromium: two real photos, names as fashion classify gives them"
-inshop_photo=$(find "$data/inshop/img" -name '*.jpg' | sort | head -1)
-fpi_photo=$(find "$data/fpi/images" -name '*.jpg' | sort | head -1)
+inshop_photo=$(find "$data/inshop/img" -name '*.jpg' | sort | awk 'NR == 1')
+fpi_photo=$(find "$data/fpi/images" -name '*.jpg' | sort | awk 'NR == 1')
 node e2e/page.mjs "$fashion" "$out/page.png" "$inshop_photo" "$fpi_photo"
 
 echo "== server under load (short run; the full one is in the README)"

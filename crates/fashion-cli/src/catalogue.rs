@@ -138,6 +138,9 @@ impl Vote {
 
     /// From a JSON line written by an earlier run: the `top` candidates it kept.
     pub fn from_json(v: &serde_json::Value) -> Option<Vote> {
+        if v.get("error").is_some() {
+            return None; // a photo that could not be read does not vote
+        }
         let path = v["path"].as_str()?.to_string();
         let mut fields = BTreeMap::new();
         for field in ["category", "article_type"] {

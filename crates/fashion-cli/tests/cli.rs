@@ -425,6 +425,49 @@ fn group_by_combines_each_products_photos_by_mean_probability() {
         })
         .collect();
     assert_eq!(ids, ["p1", "p2"]);
+
+    // Resumed: photos of the first run vote with what it wrote, and count once.
+    let out = d.join("tags.jsonl");
+    let first = fashion(
+        &[
+            "classify",
+            "--out",
+            out.to_str().unwrap(),
+            d.join("p1").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(first.status.code(), Some(0));
+    let second = fashion(
+        &[
+            "classify",
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+            "--group-by",
+            "/(p[0-9])/",
+            d.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let resumed = std::fs::read_to_string(d.join("tags.products.jsonl")).unwrap();
+    let counts: Vec<(String, u64)> = resumed
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["product"].as_str().unwrap().to_string(),
+                v["photos"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(counts, [("p1".to_string(), 3), ("p2".to_string(), 3)]);
 }
 
 #[test]
