@@ -69,6 +69,11 @@ pub struct ClassifyArgs {
     /// Confidence at which the model's answer overrules a catalogue label (--labels).
     #[arg(long, default_value_t = 0.9, value_name = "P")]
     contradict_confidence: f32,
+    /// Write, per photo, a PNG into this folder: the model's square of the photo, the garment
+    /// mask the colours come from (the rest faded), and the palette as a column of swatches,
+    /// each as tall as its share. Files are named `NNNNNN-<photo name>.png`, in input order.
+    #[arg(long, value_name = "DIR")]
+    explain: Option<PathBuf>,
     /// Threads decoding photos while the model runs (0 = one per core).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -286,6 +291,10 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
         }
     }
     let mut flagged = 0usize;
+    if let Some(dir) = &args.explain {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut index = 0usize;
 
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::new(paths.len() as u64)
@@ -315,6 +324,9 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
                     .unwrap_or_default();
                 flagged += usize::from(!flags.is_empty());
                 writer.prediction(&p, &flags)?;
+                if let Some(dir) = &args.explain {
+                    explain(&classifier, path, &p, dir, index)?;
+                }
                 if let Some(key) = group_by.as_ref().and_then(|g| g.key(path, &columns)) {
                     products.add(key, crate::catalogue::Vote::of(&p, &classifier.model));
                 }
@@ -324,6 +336,7 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
                 failures.push(e);
             }
         }
+        index += 1;
         // One whole record per write: a killed run leaves only complete lines behind.
         writer.flush()?;
         bar.inc(1);
@@ -368,6 +381,32 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Writes the colour sheet of one classified photo (see `--explain`). The photo is read again:
+/// explaining is for looking at a few photos, not for whole catalogues.
+fn explain(
+    classifier: &fashion::Classifier,
+    path: &Path,
+    p: &Prediction,
+    dir: &Path,
+    index: usize,
+) -> Result<()> {
+    let prepared = classifier.prepare_path(path)?;
+    let sheet = fashion::explain::colour_sheet(&prepared.crop, &p.colour.palette);
+    let stem = path
+        .file_stem()
+        .map(|s| {
+            s.to_string_lossy().replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+                "_",
+            )
+        })
+        .unwrap_or_default();
+    let out = dir.join(format!("{index:06}-{stem}.png"));
+    sheet
+        .save(&out)
+        .with_context(|| format!("cannot write {}", out.display()))
 }
 
 fn error_json(path: &Path, e: &fashion::Error) -> serde_json::Value {

@@ -568,3 +568,62 @@ fn labels_flag_only_the_rows_the_model_contradicts() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no column is named after"));
 }
+
+#[test]
+fn explain_writes_a_colour_sheet_per_good_photo() {
+    let dir = photo_folder();
+    let sheets = tempfile::tempdir().unwrap();
+    let out = fashion(
+        &[
+            "classify",
+            "--format",
+            "jsonl",
+            "--explain",
+            sheets.path().to_str().unwrap(),
+            dir.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "two bad photos in the folder");
+    let rows = jsonl(&out);
+    let mut names: Vec<String> = std::fs::read_dir(sheets.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // Input order: empty.jpg, navy.png, nested/green.png, notes.jpg, red.jpg (walk is sorted).
+    let good: Vec<(usize, &serde_json::Value)> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.get("error").is_none())
+        .collect();
+    let want: Vec<String> = good
+        .iter()
+        .map(|(i, r)| {
+            let stem = Path::new(r["path"].as_str().unwrap())
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            format!("{i:06}-{stem}.png")
+        })
+        .collect();
+    assert_eq!(names, want);
+    let (i, navy) = good
+        .iter()
+        .find(|(_, r)| r["path"].as_str().unwrap().ends_with("navy.png"))
+        .unwrap();
+    let sheet = image::open(sheets.path().join(format!("{i:06}-navy.png")))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(sheet.height(), 224);
+    // Right column: the first swatch's colour, as the JSON says.
+    let hex = navy["colour"]["palette"][0]["hex"].as_str().unwrap();
+    let px = sheet.get_pixel(sheet.width() - 5, 5).0;
+    assert_eq!(format!("#{:02x}{:02x}{:02x}", px[0], px[1], px[2]), hex);
+    // Middle panel: the garment (centre) kept, the background (corner) faded to near white.
+    let centre = sheet.get_pixel(224 + 8 + 112, 112).0;
+    assert!(centre.iter().all(|&c| c < 90), "{centre:?}");
+    let corner = sheet.get_pixel(224 + 8 + 3, 3).0;
+    assert!(corner.iter().all(|&c| c > 240), "{corner:?}");
+}

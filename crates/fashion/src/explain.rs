@@ -3,8 +3,11 @@
 //! if that cell were the whole photo), it says how much that cell looks like the predicted
 //! category. Done here rather than in the ONNX graph, so the model file stays as served.
 
+use image::{Rgb, RgbImage};
 use ndarray::ArrayView3;
 use serde::Serialize;
+
+use crate::colour::{lab, palette_mask, Swatch};
 
 use crate::model::FEATURE_DIM;
 use crate::onnx::Graph;
@@ -97,9 +100,77 @@ impl Explainer {
     }
 }
 
+/// Width of the swatch column of [`colour_sheet`].
+pub const SWATCH_WIDTH: u32 = 64;
+const GAP: u32 = 8;
+
+/// A picture of how a photo's colours were found: the model's square of the photo; the same
+/// with everything outside the garment mask faded to white; a column of the palette's colours,
+/// each as tall as its share.
+pub fn colour_sheet(crop: &RgbImage, palette: &[Swatch]) -> RgbImage {
+    let (w, h) = crop.dimensions();
+    let (mw, mh, mask) = palette_mask(crop);
+    let mut out = RgbImage::from_pixel(2 * w + SWATCH_WIDTH + 2 * GAP, h, Rgb([255, 255, 255]));
+    for (x, y, p) in crop.enumerate_pixels() {
+        out.put_pixel(x, y, *p);
+        let (mx, my) = ((x * mw / w).min(mw - 1), (y * mh / h).min(mh - 1));
+        let garment = mask[(my * mw + mx) as usize];
+        let shown = if garment {
+            *p
+        } else {
+            Rgb(p.0.map(|c| (u16::from(c) / 4 + 191) as u8))
+        };
+        out.put_pixel(w + GAP + x, y, shown);
+    }
+    let x0 = 2 * w + 2 * GAP;
+    let mut y0 = 0u32;
+    for (i, s) in palette.iter().enumerate() {
+        let rgb = lab::parse_hex(&s.hex).unwrap_or([255, 255, 255]);
+        let y1 = if i + 1 == palette.len() {
+            h
+        } else {
+            (y0 + (s.share * h as f32).round() as u32).min(h)
+        };
+        for y in y0..y1 {
+            for x in x0..x0 + SWATCH_WIDTH {
+                out.put_pixel(x, y, Rgb(rgb));
+            }
+        }
+        y0 = y1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_sheet_shows_photo_mask_and_swatches() {
+        // A navy block on white: the mask keeps the block, the sheet fades the rest.
+        let crop = RgbImage::from_fn(224, 224, |x, y| {
+            if (60..160).contains(&x) && (40..200).contains(&y) {
+                Rgb([31, 42, 68])
+            } else {
+                Rgb([250, 250, 250])
+            }
+        });
+        let v = crate::colour::Vocabulary::default();
+        let palette = crate::colour::garment_palette(&crop, &v, 4, 0.05);
+        let sheet = colour_sheet(&crop, &palette);
+        assert_eq!(sheet.dimensions(), (2 * 224 + SWATCH_WIDTH + 2 * GAP, 224));
+        assert_eq!(sheet.get_pixel(100, 100).0, [31, 42, 68], "photo panel");
+        assert_eq!(
+            sheet.get_pixel(224 + GAP + 100, 100).0,
+            [31, 42, 68],
+            "garment kept"
+        );
+        let faded = sheet.get_pixel(224 + GAP + 10, 10).0;
+        assert_eq!(faded, [253, 253, 253], "background faded: 250 / 4 + 191");
+        let swatch = sheet.get_pixel(2 * 224 + 2 * GAP + 5, 5).0;
+        assert_eq!(Some(swatch), lab::parse_hex(&palette[0].hex));
+        assert_eq!(palette[0].name, "navy");
+    }
 
     /// A head whose hidden unit 0 reads channel 0 (avg and max halves alike), and class 1's
     /// logit is that unit: cells with more channel 0 must score higher for class 1.

@@ -117,6 +117,15 @@ pub fn garment_palette(
     palette(&px, vocab, k, min_share)
 }
 
+/// The garment mask the palette of `img` is computed from: its thumbnail's width, height and
+/// mask (see [`garment_palette`]).
+pub fn palette_mask(img: &RgbImage) -> (u32, u32, Vec<bool>) {
+    match thumbnail(img, PALETTE_SIDE) {
+        Some(small) => (small.width(), small.height(), garment_mask(&small)),
+        None => (img.width(), img.height(), garment_mask(img)),
+    }
+}
+
 /// A box-filtered copy at most `side` pixels on its longer side; `None` when `img` is already
 /// that small (or cannot be resized).
 fn thumbnail(img: &RgbImage, side: u32) -> Option<RgbImage> {
@@ -139,6 +148,19 @@ fn thumbnail(img: &RgbImage, side: u32) -> Option<RgbImage> {
 /// The pixels that are probably garment: everything unlike the photo's border (the studio
 /// background) and, where enough remains, unlike skin. Returns Lab values.
 pub fn garment_pixels(img: &RgbImage) -> Vec<Lab> {
+    let (labs, mask) = lab_and_mask(img);
+    labs.into_iter()
+        .zip(mask)
+        .filter_map(|(l, m)| m.then_some(l))
+        .collect()
+}
+
+/// Which pixels of `img` [`garment_pixels`] keeps, row by row.
+pub fn garment_mask(img: &RgbImage) -> Vec<bool> {
+    lab_and_mask(img).1
+}
+
+fn lab_and_mask(img: &RgbImage) -> (Vec<Lab>, Vec<bool>) {
     let (w, h) = img.dimensions();
     // Runs of equal pixels (a plain studio background) are converted and tested once.
     let mut last: Option<([u8; 3], Lab)> = None;
@@ -169,9 +191,9 @@ pub fn garment_pixels(img: &RgbImage) -> Vec<Lab> {
     };
     let bg = [median(0), median(1), median(2)];
     let mut last: Option<(Lab, bool)> = None;
-    let fg: Vec<Lab> = labs
-        .into_iter()
-        .filter(|l| match last {
+    let fg: Vec<bool> = labs
+        .iter()
+        .map(|l| match last {
             Some((prev, far)) if prev == *l => far,
             _ => {
                 let far = ciede2000(*l, bg) > 8.0;
@@ -180,15 +202,24 @@ pub fn garment_pixels(img: &RgbImage) -> Vec<Lab> {
             }
         })
         .collect();
-    let not_skin: Vec<Lab> = fg.iter().copied().filter(|l| !is_skin(*l)).collect();
-    if not_skin.len() * 4 >= fg.len() && !not_skin.is_empty() {
+    let not_skin: Vec<bool> = fg
+        .iter()
+        .zip(&labs)
+        .map(|(f, l)| *f && !is_skin(*l))
+        .collect();
+    let (n_fg, n_not_skin) = (
+        fg.iter().filter(|f| **f).count(),
+        not_skin.iter().filter(|f| **f).count(),
+    );
+    let mask = if n_not_skin * 4 >= n_fg && n_not_skin > 0 {
         not_skin
-    } else if !fg.is_empty() {
+    } else if n_fg > 0 {
         fg
     } else {
         // A photo that is all one colour: the garment fills it.
-        img.pixels().map(|p| srgb_to_lab(p.0)).collect()
-    }
+        vec![true; labs.len()]
+    };
+    (labs, mask)
 }
 
 /// A rough skin-tone test in CIELAB (hue 20-70 degrees, moderate chroma, mid lightness).
@@ -310,6 +341,15 @@ mod tests {
         });
         let px = garment_pixels(&img);
         assert_eq!(px.len(), 40 * 70, "only the garment's pixels remain");
+        let mask = garment_mask(&img);
+        for (i, m) in mask.iter().enumerate() {
+            let (x, y) = (i % 100, i / 100);
+            assert_eq!(
+                *m,
+                (30..70).contains(&x) && (20..90).contains(&y),
+                "pixel {x},{y}"
+            );
+        }
         let p = palette(&px, &Vocabulary::default(), 4, 0.05);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].name, "navy");
