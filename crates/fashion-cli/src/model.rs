@@ -1,5 +1,6 @@
 //! Choosing the model: `--model FILE`, or the built-in one compiled into the binary.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -25,20 +26,28 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the vocabulary and the model.
     pub fn classifier(&self, options: ClassifyOptions) -> Result<Classifier> {
-        self.classifier_with_threads(options, self.threads)
+        self.classifier_with(options, self.threads, false)
     }
 
-    /// Like [`ModelArgs::classifier`], with this many inference threads.
-    pub fn classifier_with_threads(
+    /// Like [`ModelArgs::classifier`], with this many inference threads, and with the weights
+    /// that heat maps need when `explain` is set.
+    pub fn classifier_with(
         &self,
         options: ClassifyOptions,
         threads: usize,
+        explain: bool,
     ) -> Result<Classifier> {
         let vocabulary = match &self.colours {
             Some(p) => Vocabulary::from_file(p)?,
             None => Vocabulary::default(),
         };
-        let model = load(self.model.as_deref(), threads)?;
+        let bytes = self.bytes()?;
+        let mut model = self.model_from(&bytes, threads)?;
+        if explain {
+            model
+                .load_explainer(&bytes)
+                .context("cannot read the category head for heat maps")?;
+        }
         Ok(Classifier::new(model, vocabulary, options))
     }
 
@@ -52,17 +61,24 @@ impl ModelArgs {
         }
     }
 
-    /// The model without the vocabulary.
-    pub fn load(&self) -> Result<Model> {
-        load(self.model.as_deref(), self.threads)
+    /// The model file's bytes (the built-in model is not copied).
+    pub fn bytes(&self) -> Result<Cow<'static, [u8]>> {
+        match &self.model {
+            Some(p) => std::fs::read(p)
+                .map(Cow::Owned)
+                .with_context(|| format!("cannot read model {}", p.display())),
+            None => Ok(Cow::Borrowed(DEFAULT_MODEL)),
+        }
     }
 
-    /// The model file's bytes.
-    pub fn bytes(&self) -> Result<Vec<u8>> {
-        match &self.model {
-            Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display())),
-            None => Ok(DEFAULT_MODEL.to_vec()),
-        }
+    /// The model held in `bytes` (from [`ModelArgs::bytes`]).
+    pub fn model_from(&self, bytes: &[u8], threads: usize) -> Result<Model> {
+        let name = self
+            .model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("built-in model"));
+        Model::from_bytes(bytes, &name, threads)
+            .with_context(|| format!("cannot load {}", name.display()))
     }
 
     /// The inference thread count asked for (0 = every core).
@@ -87,14 +103,3 @@ impl ModelArgs {
 /// The built-in model, trained on DeepFashion In-shop and Fashion Product Images (see
 /// models/MODEL_CARD.md).
 static DEFAULT_MODEL: &[u8] = include_bytes!("../../../models/default.onnx");
-
-/// Loads `path`, or the built-in model when it is `None`.
-pub fn load(path: Option<&Path>, threads: usize) -> Result<Model> {
-    match path {
-        Some(p) => {
-            Model::load(p, threads).with_context(|| format!("cannot load model {}", p.display()))
-        }
-        None => Model::from_bytes(DEFAULT_MODEL, &PathBuf::from("built-in model"), threads)
-            .context("cannot load the built-in model"),
-    }
-}

@@ -512,19 +512,22 @@ fn labels_flag_only_the_rows_the_model_contradicts() {
         format!("path,category\np1/0.png,{own}\np1/1.png,{worst}\n"),
     )
     .unwrap();
-    let out = fashion(
-        &[
-            "classify",
-            "--format",
-            "jsonl",
-            "--labels",
-            labels.to_str().unwrap(),
-            "--contradict-confidence",
-            "0",
-            d.join("p1").to_str().unwrap(),
-        ],
-        None,
-    );
+    let check = |confidence: &str| {
+        fashion(
+            &[
+                "classify",
+                "--format",
+                "jsonl",
+                "--labels",
+                labels.to_str().unwrap(),
+                "--contradict-confidence",
+                confidence,
+                d.join("p1").to_str().unwrap(),
+            ],
+            None,
+        )
+    };
+    let out = check("0");
     assert_eq!(out.status.code(), Some(0));
     let rows = jsonl(&out);
     assert!(
@@ -539,20 +542,7 @@ fn labels_flag_only_the_rows_the_model_contradicts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 photos have a catalogue label"));
 
     // A confidence threshold above the model's answer flags nothing.
-    let out = fashion(
-        &[
-            "classify",
-            "--format",
-            "jsonl",
-            "--labels",
-            labels.to_str().unwrap(),
-            "--contradict-confidence",
-            "1",
-            d.join("p1").to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(jsonl(&out).iter().all(|r| r.get("flags").is_none()));
+    assert!(jsonl(&check("1")).iter().all(|r| r.get("flags").is_none()));
 
     // A labels file with no column the model knows is refused.
     std::fs::write(&labels, "path,price\np1/0.png,10\n").unwrap();

@@ -48,18 +48,31 @@ impl Explainer {
         if d1 != [hidden, FEATURE_DIM] || d2 != [classes, hidden] {
             return None;
         }
-        let folded = w1
+        Some(Explainer::fold(hidden, classes, &w1, b1, w2, b2))
+    }
+
+    /// From the head's weights as stored (`w1`: `[hidden, FEATURE_DIM]`, `w2`: `[classes,
+    /// hidden]`).
+    fn fold(
+        hidden: usize,
+        classes: usize,
+        w1: &[f32],
+        b1: Vec<f32>,
+        w2: Vec<f32>,
+        b2: Vec<f32>,
+    ) -> Explainer {
+        let w1 = w1
             .chunks_exact(FEATURE_DIM)
             .flat_map(|row| (0..CHANNELS).map(move |c| row[c] + row[CHANNELS + c]))
             .collect();
-        Some(Explainer {
+        Explainer {
             hidden,
             classes,
-            w1: folded,
+            w1,
             b1,
             w2,
             b2,
-        })
+        }
     }
 
     /// The map of class `class` from one photo's `feat_s32` (`[channels, h, w]`).
@@ -180,17 +193,14 @@ mod tests {
         let mut w1 = vec![0f32; hidden * FEATURE_DIM];
         w1[0] = 1.0; // avg half, channel 0
         w1[CHANNELS] = 2.0; // max half, channel 0: folded weight 3
-        let e = Explainer {
+        let e = Explainer::fold(
             hidden,
-            classes: 2,
-            w1: w1
-                .chunks_exact(FEATURE_DIM)
-                .flat_map(|r| (0..CHANNELS).map(move |c| r[c] + r[CHANNELS + c]))
-                .collect(),
-            b1: vec![0.0; hidden],
-            w2: vec![0.0, 0.0, 1.0, 0.0],
-            b2: vec![0.0, 0.0],
-        };
+            2,
+            &w1,
+            vec![0.0; hidden],
+            vec![0.0, 0.0, 1.0, 0.0],
+            vec![0.0, 0.0],
+        );
         let mut feat = ndarray::Array3::<f32>::zeros((CHANNELS, 2, 2));
         feat[[0, 0, 1]] = 1.0;
         feat[[0, 1, 0]] = 0.5;

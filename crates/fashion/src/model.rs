@@ -177,7 +177,7 @@ pub struct Model {
     pub path: PathBuf,
     pub engine: Engine,
     pub info: ModelInfo,
-    /// The category head, for heat maps (models with a `category` head and `feat_s32` output).
+    /// The category head, for heat maps; set by [`Model::load_explainer`].
     pub explainer: Option<crate::explain::Explainer>,
 }
 
@@ -210,19 +210,24 @@ impl Model {
                 ));
             }
         }
-        let explainer = if engine.output_names().iter().any(|o| o == FEAT_S32) {
-            Graph::from_bytes(bytes, path)
-                .ok()
-                .and_then(|g| crate::explain::Explainer::from_graph(&g, "category"))
-        } else {
-            None
-        };
         Ok(Model {
             path: path.to_path_buf(),
             engine,
             info,
-            explainer,
+            explainer: None,
         })
+    }
+
+    /// Reads the category head's weights from `bytes` (the file this model was loaded from) so
+    /// that [`crate::Classifier::heatmaps`] can explain answers. Not done on every load: only a
+    /// server drawing heat maps needs them. A model without a category head or `feat_s32`
+    /// output stays without.
+    pub fn load_explainer(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.engine.output_names().iter().any(|o| o == FEAT_S32) {
+            let g = Graph::from_bytes(bytes, &self.path)?;
+            self.explainer = crate::explain::Explainer::from_graph(&g, "category");
+        }
+        Ok(())
     }
 
     /// The head with this name.

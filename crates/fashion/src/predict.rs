@@ -197,15 +197,7 @@ impl Classifier {
         if photos.is_empty() {
             return Ok(Vec::new());
         }
-        let pre = &self.model.info.preprocess;
-        let n = pre.tensor_len();
-        let s = pre.crop as usize;
-        let mut input = vec![0f32; photos.len() * n];
-        for (out, p) in input.chunks_mut(n).zip(photos) {
-            pre.write_tensor(&p.crop, false, out);
-        }
-        let input = Array4::from_shape_vec((photos.len(), 3, s, s), input)
-            .map_err(|e| Error::Engine(e.to_string()))?;
+        let input = self.input_batch(photos)?;
         let heads = &self.model.info.heads;
         let names: Vec<&str> = heads.iter().map(|h| h.name.as_str()).collect();
         let outputs = self.model.engine.run(input.view(), &names)?;
@@ -239,18 +231,8 @@ impl Classifier {
         Ok(preds)
     }
 
-    /// Heat maps of what drove each photo's category (see [`crate::explain`]); one more pass
-    /// of the model. Fails when the model has no category head or no `feat_s32` output.
-    pub fn heatmaps(&self, photos: &[&Prepared]) -> Result<Vec<crate::explain::Heatmap>> {
-        let (Some(explainer), Some(head)) = (&self.model.explainer, self.model.head("category"))
-        else {
-            return Err(Error::InvalidArgument(
-                "this model cannot explain its category (no category head or feat_s32)".into(),
-            ));
-        };
-        if photos.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// The model's input tensor `[N, 3, crop, crop]` for prepared photos.
+    fn input_batch(&self, photos: &[&Prepared]) -> Result<Array4<f32>> {
         let pre = &self.model.info.preprocess;
         let n = pre.tensor_len();
         let s = pre.crop as usize;
@@ -258,8 +240,25 @@ impl Classifier {
         for (out, p) in input.chunks_mut(n).zip(photos) {
             pre.write_tensor(&p.crop, false, out);
         }
-        let input = Array4::from_shape_vec((photos.len(), 3, s, s), input)
-            .map_err(|e| Error::Engine(e.to_string()))?;
+        Array4::from_shape_vec((photos.len(), 3, s, s), input)
+            .map_err(|e| Error::Engine(e.to_string()))
+    }
+
+    /// Heat maps of what drove each photo's category (see [`crate::explain`]); one more pass
+    /// of the model. Fails when the model has no category head or no `feat_s32` output.
+    pub fn heatmaps(&self, photos: &[&Prepared]) -> Result<Vec<crate::explain::Heatmap>> {
+        let (Some(explainer), Some(head)) = (&self.model.explainer, self.model.head("category"))
+        else {
+            return Err(Error::InvalidArgument(
+                "this model cannot explain its category (no category head or feat_s32, or \
+                 Model::load_explainer was not called)"
+                    .into(),
+            ));
+        };
+        if photos.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input = self.input_batch(photos)?;
         let out = self
             .model
             .engine

@@ -68,8 +68,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         max_pixels: args.max_pixels,
         ..Default::default()
     };
+    // The first worker's classifier also draws heat maps (AppState::new).
     let classifiers = (0..workers)
-        .map(|_| args.model.classifier_with_threads(options.clone(), 1))
+        .map(|i| args.model.classifier_with(options.clone(), 1, i == 0))
         .collect::<Result<Vec<_>>>()?;
     let state = AppState::new(classifiers, limits);
     state.warm_up()?;

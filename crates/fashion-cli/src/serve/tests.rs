@@ -23,11 +23,12 @@ fn limits() -> Limits {
 }
 
 fn state_with(limits: Limits, max_pixels: u64) -> Arc<AppState> {
+    let options = fashion::ClassifyOptions {
+        max_pixels,
+        ..Default::default()
+    };
     let classifier = crate::model::ModelArgs::default_for_tests()
-        .classifier(fashion::ClassifyOptions {
-            max_pixels,
-            ..Default::default()
-        })
+        .classifier_with(options, 1, true)
         .unwrap();
     let st = AppState::new(vec![classifier], limits);
     st.warm_up().unwrap();
