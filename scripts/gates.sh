@@ -24,8 +24,16 @@ $fashion eval --data "$data/inshop" --layout inshop --split val --json "$out/ins
 echo "== Fashion Product Images val, apparel"
 $fashion eval --data "$data/fpi" --layout fpi --split val --only master_category=Apparel --json "$out/fpi-val-apparel.json"
 
+echo "== primary colour of full-resolution photos against their 224x224 catalogue copies"
+rm -f "$out/fullres.jsonl" "$out/fullres-copies.jsonl"
+$fashion classify "$data/fullres/images" --format jsonl --out "$out/fullres.jsonl"
+awk -F, -v d="$data/fpi" 'NR > 1 { print d "/images/" $2 ".jpg" }' "$data/fullres/manifest.csv" \
+  | $fashion classify - --format jsonl --out "$out/fullres-copies.jsonl"
+.venv/bin/python scripts/colour_consistency.py "$data/fullres/manifest.csv" \
+  "$out/fullres.jsonl" "$out/fullres-copies.jsonl" "$out/fullres-colour.json"
+
 echo "== accuracy floors"
-.venv/bin/python scripts/check_floors.py "$out/inshop-val.json" "$out/fpi-val-apparel.json"
+.venv/bin/python scripts/check_floors.py "$out/inshop-val.json" "$out/fpi-val-apparel.json" "$out/fullres-colour.json"
 
 echo "== ONNX Runtime (Python) gives the same probabilities as fashion classify"
 .venv/bin/python scripts/ort_parity.py "$fashion" models/default.onnx "$data/inshop/img"

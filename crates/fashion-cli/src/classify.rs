@@ -393,7 +393,8 @@ fn explain(
     index: usize,
 ) -> Result<()> {
     let prepared = classifier.prepare_path(path)?;
-    let sheet = fashion::explain::colour_sheet(&prepared.crop, &p.colour.palette);
+    let (mw, mh, mask) = &p.colour_mask;
+    let sheet = fashion::explain::colour_sheet(&prepared.crop, (*mw, *mh, mask), &p.colour.palette);
     let stem = path
         .file_stem()
         .map(|s| {

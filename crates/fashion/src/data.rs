@@ -47,6 +47,8 @@ pub struct Sample {
     pub labels: BTreeMap<String, String>,
     /// Other facts a report can filter on (e.g. `master_category`).
     pub attrs: BTreeMap<String, String>,
+    /// A human-parsing mask of the photo (LIP/CIHP palette), where the dataset has one.
+    pub mask: Option<PathBuf>,
 }
 
 /// A dataset's folder layout.
@@ -171,6 +173,13 @@ fn load_inshop(root: &Path) -> Result<Vec<Sample>> {
             group: Some(format!("{}/{}/{item}", parts[1], parts[2])),
             labels,
             attrs,
+            // The parsing masks, where present, mirror `img/` under `seg/` as PNG.
+            mask: Some(
+                root.join("seg")
+                    .join(parts[1..].join("/"))
+                    .with_extension("png"),
+            )
+            .filter(|m| m.is_file()),
         });
     }
     if out.len() != count {
@@ -300,6 +309,7 @@ fn load_fpi(root: &Path) -> Result<Vec<Sample>> {
             group: Some(pid),
             labels,
             attrs,
+            mask: None,
         });
     }
     Ok(out)
@@ -356,6 +366,7 @@ fn load_csv(file: &Path) -> Result<Vec<Sample>> {
             group: group_col.map(|c| rec[c].to_string()),
             labels,
             attrs: BTreeMap::new(),
+            mask: None,
         });
     }
     Ok(out)
@@ -408,6 +419,7 @@ fn load_folders(root: &Path) -> Result<Vec<Sample>> {
                     group: None,
                     labels: BTreeMap::from([(CATEGORY.to_string(), class.clone())]),
                     attrs: BTreeMap::new(),
+                    mask: None,
                 });
             }
         }

@@ -75,6 +75,56 @@ pub struct Report {
     pub failed: Vec<String>,
     #[serde(flatten)]
     pub heads: BTreeMap<String, HeadReport>,
+    /// Garment masks against the dataset's parsing masks, where it has them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<MaskReport>,
+}
+
+/// How well garment masks match parsing masks (see [`crate::mask::MaskScore`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct MaskReport {
+    /// Photos with a parsing mask.
+    pub n: usize,
+    /// The learned mask (model output, upsampled to the crop): mean IoU over photos, and the
+    /// share of its garment pixels (all photos pooled) on skin, face, hair or background.
+    /// Absent for a model without a mask head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learned: Option<MaskNumbers>,
+    /// The mask the palette was computed from (the learned one, or the colour mask where it
+    /// finds too little garment or the model has none).
+    pub palette: MaskNumbers,
+}
+
+/// Mean IoU and pooled leak of one kind of mask.
+#[derive(Debug, Clone, Serialize)]
+pub struct MaskNumbers {
+    pub mean_iou: f64,
+    pub leak: f64,
+}
+
+#[derive(Default)]
+struct MaskTally {
+    n: usize,
+    iou_sum: f64,
+    total: crate::mask::MaskScore,
+}
+
+impl MaskTally {
+    fn add(&mut self, s: crate::mask::MaskScore) {
+        self.n += 1;
+        self.iou_sum += s.iou();
+        self.total.intersection += s.intersection;
+        self.total.union += s.union;
+        self.total.predicted += s.predicted;
+        self.total.on_not_garment += s.on_not_garment;
+    }
+
+    fn numbers(&self) -> MaskNumbers {
+        MaskNumbers {
+            mean_iou: self.iou_sum / self.n.max(1) as f64,
+            leak: self.total.leak(),
+        }
+    }
 }
 
 struct Outcome {
@@ -116,6 +166,7 @@ pub fn evaluate(classifier: &Classifier, data: &Dataset, opts: &EvalOptions) -> 
     );
     let mut outcomes: BTreeMap<String, Vec<Outcome>> = BTreeMap::new();
     let mut failed = Vec::new();
+    let (mut learned, mut palette) = (MaskTally::default(), MaskTally::default());
     let stream = crate::stream::StreamOptions {
         batch: opts.batch.max(1),
         ..Default::default()
@@ -128,7 +179,23 @@ pub fn evaluate(classifier: &Classifier, data: &Dataset, opts: &EvalOptions) -> 
             // Results come in input order.
             let s = next.next().expect("one result per sample");
             match r {
-                Ok(p) => record(classifier, s, &p, &mut outcomes),
+                Ok(p) => {
+                    record(classifier, s, &p, &mut outcomes);
+                    if let Some(seg) = &s.mask {
+                        let size = image::image_dimensions(&s.path)
+                            .map_err(|e| Error::bad_data(&s.path, e.to_string()))?;
+                        let planes = crate::mask::parsing_crop(
+                            &classifier.model.info.preprocess,
+                            seg,
+                            size,
+                        )?;
+                        if let Some(g) = &p.garment {
+                            learned.add(crate::mask::MaskScore::of(g, &planes));
+                        }
+                        let (mw, mh, m) = &p.colour_mask;
+                        palette.add(crate::mask::MaskScore::of_mask(m, *mw, *mh, &planes));
+                    }
+                }
                 Err(e) => failed.push(e.to_string()),
             }
             bar.inc(1);
@@ -155,6 +222,11 @@ pub fn evaluate(classifier: &Classifier, data: &Dataset, opts: &EvalOptions) -> 
         photos: samples.len(),
         failed,
         heads,
+        mask: (palette.n > 0).then(|| MaskReport {
+            n: palette.n,
+            learned: (learned.n > 0).then(|| learned.numbers()),
+            palette: palette.numbers(),
+        }),
     })
 }
 
@@ -335,6 +407,21 @@ impl Report {
                 r.macro_f1,
                 r.calibration.ece
             );
+        }
+        if let Some(m) = &self.mask {
+            s += &format!(
+                "\nGarment mask against {} parsing masks: mean IoU / share of garment pixels on skin, face, hair or background\n\n| mask | mean IoU | on skin or background |\n|---|---|---|\n",
+                m.n
+            );
+            let rows = [
+                ("learned", m.learned.as_ref()),
+                ("palette", Some(&m.palette)),
+            ];
+            for (name, n) in rows {
+                if let Some(n) = n {
+                    s += &format!("| {name} | {:.3} | {:.1}% |\n", n.mean_iou, 100.0 * n.leak);
+                }
+            }
         }
         for (h, r) in &self.heads {
             s += &format!("\n## {h}\n\n| class | support | precision | recall | F1 |\n|---|---|---|---|---|\n");

@@ -7,7 +7,7 @@ use image::{Rgb, RgbImage};
 use ndarray::ArrayView3;
 use serde::Serialize;
 
-use crate::colour::{lab, palette_mask, Swatch};
+use crate::colour::{lab, Swatch};
 
 use crate::model::FEATURE_DIM;
 use crate::onnx::Graph;
@@ -118,11 +118,14 @@ pub const SWATCH_WIDTH: u32 = 64;
 const GAP: u32 = 8;
 
 /// A picture of how a photo's colours were found: the model's square of the photo; the same
-/// with everything outside the garment mask faded to white; a column of the palette's colours,
-/// each as tall as its share.
-pub fn colour_sheet(crop: &RgbImage, palette: &[Swatch]) -> RgbImage {
+/// with everything outside the garment mask (`mw x mh`, row by row, over the same square)
+/// faded to white; a column of the palette's colours, each as tall as its share.
+pub fn colour_sheet(
+    crop: &RgbImage,
+    (mw, mh, mask): (u32, u32, &[bool]),
+    palette: &[Swatch],
+) -> RgbImage {
     let (w, h) = crop.dimensions();
-    let (mw, mh, mask) = palette_mask(crop);
     let mut out = RgbImage::from_pixel(2 * w + SWATCH_WIDTH + 2 * GAP, h, Rgb([255, 255, 255]));
     for (x, y, p) in crop.enumerate_pixels() {
         out.put_pixel(x, y, *p);
@@ -169,8 +172,10 @@ mod tests {
             }
         });
         let v = crate::colour::Vocabulary::default();
-        let palette = crate::colour::garment_palette(&crop, &v, 4, 0.05);
-        let sheet = colour_sheet(&crop, &palette);
+        let px = crate::colour::ColourPixels::of(&crop);
+        let mask = px.mask(None);
+        let palette = px.palette(&mask, &v, 4, 0.05);
+        let sheet = colour_sheet(&crop, (px.width, px.height, &mask), &palette);
         assert_eq!(sheet.dimensions(), (2 * 224 + SWATCH_WIDTH + 2 * GAP, 224));
         assert_eq!(sheet.get_pixel(100, 100).0, [31, 42, 68], "photo panel");
         assert_eq!(

@@ -34,5 +34,6 @@ pub mod eval;
 pub mod explain;
 pub mod export;
 pub mod hash;
+pub mod mask;
 pub mod stream;
 pub use stream::StreamOptions;

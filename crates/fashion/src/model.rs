@@ -91,6 +91,19 @@ pub fn feature_graph(backbone: &[u8], name: &Path) -> Result<Vec<u8>> {
     g.to_bytes()
 }
 
+/// The backbone (ONNX bytes) with the feature maps the garment mask reads as its outputs:
+/// what training the mask head runs.
+pub fn mask_feature_graph(backbone: &[u8], name: &Path) -> Result<Vec<u8>> {
+    let mut g = Graph::from_bytes(backbone, name)?;
+    check_backbone(&g, name)?;
+    let outputs: Vec<(&str, Vec<i64>)> = crate::mask::MASK_INPUTS
+        .iter()
+        .map(|(n, c, s)| (*n, vec![*c as i64, *s as i64, *s as i64]))
+        .collect();
+    g.set_outputs(&outputs);
+    g.to_bytes()
+}
+
 fn check_backbone(g: &Graph, path: &Path) -> Result<()> {
     let outs = g.output_names();
     for want in [POOLED, FEAT_S32] {
@@ -110,6 +123,7 @@ pub fn build(
     backbone: &[u8],
     name: &Path,
     heads: &[HeadWeights],
+    mask: Option<&crate::mask::MaskWeights>,
     info: &ModelInfo,
 ) -> Result<Vec<u8>> {
     let mut g = Graph::from_bytes(backbone, name)?;
@@ -164,6 +178,11 @@ pub fn build(
         .map(|h| (h.info.name.clone(), vec![h.info.labels.len() as i64]))
         .collect();
     outputs.extend(head_outputs.iter().map(|(n, d)| (n.as_str(), d.clone())));
+    if let Some(m) = mask {
+        crate::mask::add_to_graph(&mut g, m);
+        let side = crate::mask::MASK_SIDE as i64;
+        outputs.push((crate::mask::MASK_OUTPUT, vec![1, side, side]));
+    }
     g.set_outputs(&outputs);
     let json = serde_json::to_string(info).map_err(|e| Error::Engine(e.to_string()))?;
     g.set_metadata(METADATA_KEY, &json);
@@ -228,6 +247,14 @@ impl Model {
             self.explainer = crate::explain::Explainer::from_graph(&g, "category");
         }
         Ok(())
+    }
+
+    /// Whether the model has a garment mask head ([`crate::mask`]).
+    pub fn has_mask(&self) -> bool {
+        self.engine
+            .output_names()
+            .iter()
+            .any(|o| o == crate::mask::MASK_OUTPUT)
     }
 
     /// The head with this name.

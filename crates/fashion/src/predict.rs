@@ -10,9 +10,10 @@ use ndarray::Array4;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::colour::{self, Swatch, Vocabulary};
+use crate::colour::{self, ColourPixels, Swatch, Vocabulary};
 use crate::data::COLOUR_FAMILY;
 use crate::error::{Error, Result};
+use crate::mask::{MASK_OUTPUT, MASK_SIDE};
 use crate::model::Model;
 
 /// The label given to a head whose confidence is under `min_confidence`.
@@ -87,14 +88,22 @@ pub struct Prediction {
     /// Each head's full probability vector, in the model's label order.
     #[serde(skip)]
     pub probabilities: BTreeMap<String, Vec<f32>>,
+    /// The learned garment mask: probabilities on a [`crate::mask::MASK_SIDE`] grid over the
+    /// model's square (models without a mask head: `None`).
+    #[serde(skip)]
+    pub garment: Option<Vec<f32>>,
+    /// The pixels the palette was computed from: `(width, height, row-major mask)` over the
+    /// model's square at the palette's resolution.
+    #[serde(skip)]
+    pub colour_mask: (u32, u32, Vec<bool>),
 }
 
-/// A photo decoded and cut to the model's input, with its garment palette: the work done per
+/// A photo decoded and cut to the model's input, with its colour thumbnail: the work done per
 /// photo before the model, in parallel with it.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub crop: RgbImage,
-    pub palette: Vec<Swatch>,
+    pub pixels: ColourPixels,
 }
 
 /// Runs a model on photos.
@@ -121,7 +130,7 @@ impl Classifier {
             .info
             .preprocess
             .load(path, self.options.max_pixels)?;
-        Ok(self.prepared(crop))
+        Ok(self.prepare_crop(crop))
     }
 
     /// Like [`Classifier::prepare_path`], for an encoded photo held in memory.
@@ -131,17 +140,15 @@ impl Classifier {
             .info
             .preprocess
             .decode(bytes, name, self.options.max_pixels)?;
-        Ok(self.prepared(crop))
+        Ok(self.prepare_crop(crop))
     }
 
-    fn prepared(&self, crop: RgbImage) -> Prepared {
-        let palette = colour::garment_palette(
-            &crop,
-            &self.vocabulary,
-            self.options.palette_size,
-            self.options.min_share,
-        );
-        Prepared { crop, palette }
+    /// Prepares a photo already cut to the model's square (see [`crate::preprocess`]).
+    pub fn prepare_crop(&self, crop: RgbImage) -> Prepared {
+        Prepared {
+            pixels: ColourPixels::of(&crop),
+            crop,
+        }
     }
 
     /// Classifies photo files as one batch; each photo gets its own result.
@@ -199,10 +206,42 @@ impl Classifier {
         }
         let input = self.input_batch(photos)?;
         let heads = &self.model.info.heads;
-        let names: Vec<&str> = heads.iter().map(|h| h.name.as_str()).collect();
+        let mut names: Vec<&str> = heads.iter().map(|h| h.name.as_str()).collect();
+        let has_mask = self.model.has_mask();
+        if has_mask {
+            names.push(MASK_OUTPUT);
+        }
         let outputs = self.model.engine.run(input.view(), &names)?;
+        let garments: Vec<Option<Vec<f32>>> = (0..photos.len())
+            .map(|i| {
+                has_mask.then(|| {
+                    outputs[heads.len()]
+                        .index_axis(ndarray::Axis(0), i)
+                        .iter()
+                        .copied()
+                        .collect()
+                })
+            })
+            .collect();
+        // The palettes (k-means over the garment's pixels) in parallel.
+        let colours: Vec<(Vec<bool>, Vec<Swatch>)> = photos
+            .par_iter()
+            .zip(&garments)
+            .map(|(photo, g)| {
+                let mask = photo.pixels.mask(g.as_deref().map(|g| (g, MASK_SIDE)));
+                let palette = photo.pixels.palette(
+                    &mask,
+                    &self.vocabulary,
+                    self.options.palette_size,
+                    self.options.min_share,
+                );
+                (mask, palette)
+            })
+            .collect();
         let mut preds = Vec::with_capacity(photos.len());
-        for (i, photo) in photos.iter().enumerate() {
+        for (i, ((photo, garment), (mask, palette))) in
+            photos.iter().zip(garments).zip(colours).enumerate()
+        {
             let mut probabilities = BTreeMap::new();
             let mut answers = BTreeMap::new();
             for (h, out) in heads.iter().zip(&outputs) {
@@ -224,8 +263,10 @@ impl Classifier {
             preds.push(Prediction {
                 path: String::new(),
                 heads: answers,
-                colour: self.primary(family, photo.palette.clone()),
+                colour: self.primary(family, palette),
                 probabilities,
+                garment,
+                colour_mask: (photo.pixels.width, photo.pixels.height, mask),
             });
         }
         Ok(preds)

@@ -79,10 +79,7 @@ impl AppState {
     pub fn warm_up(&self) -> fashion::Result<()> {
         let crop = self.classifier.model.info.preprocess.crop;
         let img = image::RgbImage::from_pixel(crop, crop, image::Rgb([128, 128, 128]));
-        let prepared = fashion::predict::Prepared {
-            crop: img,
-            palette: Vec::new(),
-        };
+        let prepared = self.classifier.prepare_crop(img);
         self.classifier.run(&[&prepared])?;
         self.ready.store(true, Ordering::SeqCst);
         Ok(())

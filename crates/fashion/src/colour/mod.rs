@@ -1,4 +1,4 @@
-//! Garment colours: which pixels are garment ([`garment_pixels`]), their palette clustered in
+//! Garment colours: which pixels are garment ([`ColourPixels::mask`]), their palette clustered in
 //! CIELAB ([`palette`]), each cluster named from a replaceable vocabulary by CIEDE2000
 //! ([`Vocabulary`]).
 
@@ -102,27 +102,66 @@ pub struct Swatch {
 /// model's 224-pixel square), plenty for shares to the percent, and cheap next to the model.
 pub const PALETTE_SIDE: u32 = 56;
 
-/// The palette of a photo's garment (see [`garment_pixels`] and [`palette`]), computed on a
-/// box-filtered thumbnail at most [`PALETTE_SIDE`] pixels on its longer side.
-pub fn garment_palette(
-    img: &RgbImage,
-    vocab: &Vocabulary,
-    k: usize,
-    min_share: f32,
-) -> Vec<Swatch> {
-    let px = match thumbnail(img, PALETTE_SIDE) {
-        Some(small) => garment_pixels(&small),
-        None => garment_pixels(img),
-    };
-    palette(&px, vocab, k, min_share)
+/// Smallest share of the square the learned garment mask must find for the palette to use it;
+/// under it (a shoe, a bag, a belt: subjects the parsing masks it learned from do not call
+/// garment) the palette falls back to the pixels unlike the background.
+pub const MIN_LEARNED_SHARE: f32 = 0.03;
+
+/// A photo's pixels as the palette sees them: a box-filtered thumbnail at most
+/// [`PALETTE_SIDE`] pixels on its longer side, in CIELAB, and which of its pixels look like
+/// garment by colour alone (unlike the border, and unlike skin where enough remains).
+#[derive(Debug, Clone)]
+pub struct ColourPixels {
+    pub width: u32,
+    pub height: u32,
+    labs: Vec<Lab>,
+    by_colour: Vec<bool>,
 }
 
-/// The garment mask the palette of `img` is computed from: its thumbnail's width, height and
-/// mask (see [`garment_palette`]).
-pub fn palette_mask(img: &RgbImage) -> (u32, u32, Vec<bool>) {
-    match thumbnail(img, PALETTE_SIDE) {
-        Some(small) => (small.width(), small.height(), garment_mask(&small)),
-        None => (img.width(), img.height(), garment_mask(img)),
+impl ColourPixels {
+    /// Thumbnail and colour mask of `img` (done per photo before the model, in parallel).
+    pub fn of(img: &RgbImage) -> ColourPixels {
+        let small = thumbnail(img, PALETTE_SIDE);
+        let img = small.as_ref().unwrap_or(img);
+        let (labs, by_colour) = lab_and_mask(img);
+        ColourPixels {
+            width: img.width(),
+            height: img.height(),
+            labs,
+            by_colour,
+        }
+    }
+
+    /// Which pixels are garment, row by row: the learned mask (`learned`: garment
+    /// probabilities on a `side x side` grid over the same image, see [`crate::mask`]) where it
+    /// covers at least [`MIN_LEARNED_SHARE`], else the colour mask.
+    pub fn mask(&self, learned: Option<(&[f32], usize)>) -> Vec<bool> {
+        if let Some((probs, side)) = learned {
+            let up = crate::mask::upsample(probs, side, self.width as usize, self.height as usize);
+            let mask: Vec<bool> = up.iter().map(|p| *p >= 0.5).collect();
+            let n = mask.iter().filter(|m| **m).count();
+            if n as f32 >= MIN_LEARNED_SHARE * mask.len() as f32 {
+                return mask;
+            }
+        }
+        self.by_colour.clone()
+    }
+
+    /// The palette of the pixels under `mask` (see [`palette`]).
+    pub fn palette(
+        &self,
+        mask: &[bool],
+        vocab: &Vocabulary,
+        k: usize,
+        min_share: f32,
+    ) -> Vec<Swatch> {
+        let px: Vec<Lab> = self
+            .labs
+            .iter()
+            .zip(mask)
+            .filter_map(|(l, m)| m.then_some(*l))
+            .collect();
+        palette(&px, vocab, k, min_share)
     }
 }
 
@@ -143,21 +182,6 @@ fn thumbnail(img: &RgbImage, side: u32) -> Option<RgbImage> {
     let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
     Resizer::new().resize(&src, &mut dst, &opts).ok()?;
     RgbImage::from_raw(tw, th, dst.into_vec())
-}
-
-/// The pixels that are probably garment: everything unlike the photo's border (the studio
-/// background) and, where enough remains, unlike skin. Returns Lab values.
-pub fn garment_pixels(img: &RgbImage) -> Vec<Lab> {
-    let (labs, mask) = lab_and_mask(img);
-    labs.into_iter()
-        .zip(mask)
-        .filter_map(|(l, m)| m.then_some(l))
-        .collect()
-}
-
-/// Which pixels of `img` [`garment_pixels`] keeps, row by row.
-pub fn garment_mask(img: &RgbImage) -> Vec<bool> {
-    lab_and_mask(img).1
 }
 
 fn lab_and_mask(img: &RgbImage) -> (Vec<Lab>, Vec<bool>) {
@@ -329,28 +353,32 @@ mod tests {
 
     #[test]
     fn garment_on_background_with_skin_gives_garment_colour() {
-        // White studio background, a navy garment block, a skin-coloured arm beside it.
-        let img = RgbImage::from_fn(100, 100, |x, y| {
-            if (30..70).contains(&x) && (20..90).contains(&y) {
+        // White studio background, a navy garment block, a skin-coloured arm beside it; edges
+        // on even pixels, so the half-size thumbnail has no blended pixels.
+        let img = RgbImage::from_fn(112, 112, |x, y| {
+            if (28..76).contains(&x) && (20..100).contains(&y) {
                 image::Rgb([31, 42, 68])
-            } else if (72..82).contains(&x) && (20..70).contains(&y) {
+            } else if (80..92).contains(&x) && (20..70).contains(&y) {
                 image::Rgb([224, 172, 140])
             } else {
                 image::Rgb([245, 245, 245])
             }
         });
-        let px = garment_pixels(&img);
-        assert_eq!(px.len(), 40 * 70, "only the garment's pixels remain");
-        let mask = garment_mask(&img);
+        let px = ColourPixels::of(&img);
+        assert_eq!((px.width, px.height), (56, 56), "a thumbnail");
+        // Without a learned mask, and with one that finds nothing, the colour mask is used.
+        let mask = px.mask(None);
+        assert_eq!(px.mask(Some((&[0.0; 49], 7))), mask);
         for (i, m) in mask.iter().enumerate() {
-            let (x, y) = (i % 100, i / 100);
-            assert_eq!(
-                *m,
-                (30..70).contains(&x) && (20..90).contains(&y),
-                "pixel {x},{y}"
-            );
+            let (x, y) = (i % 56, i / 56);
+            let garment = (14..38).contains(&x) && (10..50).contains(&y);
+            assert_eq!(*m, garment, "pixel {x},{y}");
         }
-        let p = palette(&px, &Vocabulary::default(), 4, 0.05);
+        // A learned mask covering the left half is used as it is.
+        let left: Vec<f32> = (0..49).map(|i| if i % 7 < 3 { 0.9 } else { 0.1 }).collect();
+        let m = px.mask(Some((&left, 7)));
+        assert!(m[56 * 28 + 10] && !m[56 * 28 + 40]);
+        let p = px.palette(&mask, &Vocabulary::default(), 4, 0.05);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].name, "navy");
         assert!((p[0].share - 1.0).abs() < 1e-6);

@@ -393,22 +393,7 @@ fn nll(logits: &[f32], y: &[u32], c: usize, t: f32) -> f64 {
 }
 
 fn save_checkpoint(path: &Path, w: &HeadWeights, s: &HeadSummary) -> Result<()> {
-    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let (h, c) = (w.info.hidden, w.info.labels.len());
-    let bufs = [
-        ("w1", vec![h, FEATURE_DIM], bytes(&w.w1)),
-        ("b1", vec![h], bytes(&w.b1)),
-        ("w2", vec![c, h], bytes(&w.w2)),
-        ("b2", vec![c], bytes(&w.b2)),
-    ];
-    let views: Vec<(&str, safetensors::tensor::TensorView)> = bufs
-        .iter()
-        .map(|(n, shape, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map(|v| (*n, v))
-                .map_err(|e| Error::Training(e.to_string()))
-        })
-        .collect::<Result<_>>()?;
     let meta = HashMap::from([
         (
             "info".to_string(),
@@ -419,18 +404,23 @@ fn save_checkpoint(path: &Path, w: &HeadWeights, s: &HeadSummary) -> Result<()> 
             serde_json::to_string(s).unwrap_or_default(),
         ),
     ]);
-    let out = safetensors::tensor::serialize(views, Some(meta))
-        .map_err(|e| Error::Training(e.to_string()))?;
-    super::write_atomically(path, &out)
+    super::checkpoint::save(
+        path,
+        &[
+            ("w1", vec![h, FEATURE_DIM], &w.w1),
+            ("b1", vec![h], &w.b1),
+            ("w2", vec![c, h], &w.w2),
+            ("b2", vec![c], &w.b2),
+        ],
+        meta,
+    )
 }
 
 fn load_checkpoint(
     path: &Path,
     data: &HeadData,
 ) -> std::result::Result<(HeadWeights, HeadSummary), String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
-    let meta = meta.metadata().clone().ok_or("no metadata")?;
+    let (mut t, meta) = super::checkpoint::load(path)?;
     let info: HeadInfo =
         serde_json::from_str(meta.get("info").ok_or("no info")?).map_err(|e| e.to_string())?;
     let summary: HeadSummary = serde_json::from_str(meta.get("summary").ok_or("no summary")?)
@@ -438,14 +428,7 @@ fn load_checkpoint(
     if info.labels != data.labels {
         return Err("labels differ".into());
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
-    let get = |n: &str| -> std::result::Result<Vec<f32>, String> {
-        let t = st.tensor(n).map_err(|e| e.to_string())?;
-        Ok(t.data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
-    };
+    let mut get = |n: &str| t.remove(n).ok_or_else(|| format!("no tensor {n}"));
     Ok((
         HeadWeights {
             w1: get("w1")?,

@@ -5,8 +5,10 @@
 //!
 //! Every hyper-parameter is in [`TrainConfig`], read from TOML and saved in the model.
 
+mod checkpoint;
 pub mod features;
 mod heads;
+mod mask;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use crate::model::{self, HeadWeights, ModelInfo};
 use crate::preprocess::Preprocess;
 
 pub use heads::HeadConfig;
+pub use mask::MaskConfig;
 
 /// One dataset to train on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +57,9 @@ pub struct TrainConfig {
     /// The classifier heads.
     #[serde(default)]
     pub heads: HeadConfig,
+    /// The garment mask head (trained where the data has parsing masks).
+    #[serde(default)]
+    pub mask: MaskConfig,
     /// Preprocessing (must match the backbone).
     #[serde(default)]
     pub preprocess: Preprocess,
@@ -218,7 +224,40 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
             "no head to train: the datasets carry no labels with at least two classes".into(),
         ));
     }
-    write_model(job, &backbone_bytes, &head_weights, &summaries, start)?;
+    let mask_samples: Vec<mask::MaskSample> = samples
+        .iter()
+        .filter_map(|s| {
+            s.mask.as_ref().map(|m| mask::MaskSample {
+                photo: s.path.clone(),
+                mask: m.clone(),
+                train: s.split == Split::Train,
+            })
+        })
+        .collect();
+    let mut mask_weights = None;
+    if cfg.mask.enabled && mask_samples.iter().any(|m| m.train) {
+        let graph = model::mask_feature_graph(&backbone_bytes, job.backbone)?;
+        let engine = Engine::from_bytes(&graph, job.backbone, cfg.threads)?;
+        let (w, summary) = mask::train_mask(
+            &engine,
+            &cfg.preprocess,
+            &mask_samples,
+            &cfg.mask,
+            cfg.seed,
+            job.cache_dir,
+            model_key,
+            cfg.backbone_batch,
+        )?;
+        mask_weights = Some((w, summary));
+    }
+    write_model(
+        job,
+        &backbone_bytes,
+        &head_weights,
+        &summaries,
+        mask_weights.as_ref(),
+        start,
+    )?;
     Ok(TrainSummary {
         output: job.output.to_path_buf(),
         seconds: start.elapsed().as_secs_f64(),
@@ -231,6 +270,7 @@ fn write_model(
     backbone: &[u8],
     heads: &[HeadWeights],
     summaries: &BTreeMap<String, heads::HeadSummary>,
+    mask: Option<&(crate::mask::MaskWeights, mask::MaskSummary)>,
     start: Instant,
 ) -> Result<()> {
     let datasets: BTreeSet<String> = job
@@ -246,11 +286,12 @@ fn write_model(
             "datasets": datasets,
             "config": job.config,
             "heads": summaries,
+            "mask": mask.map(|(_, s)| s),
             "seconds": start.elapsed().as_secs_f64().round(),
             "fashion_version": env!("CARGO_PKG_VERSION"),
         }),
     };
-    let bytes = model::build(backbone, job.backbone, heads, &info)?;
+    let bytes = model::build(backbone, job.backbone, heads, mask.map(|(w, _)| w), &info)?;
     write_atomically(job.output, &bytes)
 }
 

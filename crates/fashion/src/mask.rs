@@ -1,0 +1,328 @@
+//! The learned garment mask: which pixels of the model's square are garment (not skin, hair,
+//! face or background). A small head on the backbone's feature maps at strides 8, 16 and 32
+//! (`feat_s8`, `feat_s16`, `feat_s32`): each map goes through a 1x1 convolution to `hidden`
+//! channels, the coarser two are upsampled bilinearly to the stride-8 grid, the three are added,
+//! then ReLU, a 1x1 convolution to one channel and a sigmoid: the probability that each cell of
+//! a 28x28 grid over the 224x224 square is garment. It is part of the model file (output
+//! [`MASK_OUTPUT`]); it is trained on human-parsing masks by `fashion train` (see
+//! [`crate::train`]).
+//!
+//! Upsampling is written as two matrix products with fixed interpolation matrices
+//! ([`interp_matrix`]), the same in training, in the ONNX graph and when the mask is brought to
+//! a palette's or a photo's size ([`upsample`]), so all three agree exactly.
+
+use image::RgbImage;
+
+use crate::onnx::{Attr, Graph};
+
+/// The model output holding garment probabilities, `[N, 1, MASK_SIDE, MASK_SIDE]`.
+pub const MASK_OUTPUT: &str = "garment_mask";
+/// Side of the mask grid (stride 8 over a 224-pixel square).
+pub const MASK_SIDE: usize = 28;
+/// The backbone feature maps the mask reads, their channels and sides.
+pub const MASK_INPUTS: [(&str, usize, usize); 3] = [
+    ("feat_s8", 40, 28),
+    ("feat_s16", 112, 14),
+    ("feat_s32", 1280, 7),
+];
+
+/// Weights of the mask head; `w[i]` is row-major `[hidden, channels of MASK_INPUTS[i]]`.
+#[derive(Debug, Clone)]
+pub struct MaskWeights {
+    pub hidden: usize,
+    pub w: [Vec<f32>; 3],
+    /// Bias of the summed hidden layer, `[hidden]`.
+    pub b: Vec<f32>,
+    /// Output layer, `[hidden]`, and its bias.
+    pub w_out: Vec<f32>,
+    pub b_out: f32,
+}
+
+/// Bilinear interpolation from `n_in` to `n_out` samples (half-pixel centres, edges clamped, as
+/// ONNX `Resize` and PyTorch `align_corners=False` do): row-major `[n_out, n_in]`.
+pub fn interp_matrix(n_in: usize, n_out: usize) -> Vec<f32> {
+    let mut m = vec![0f32; n_out * n_in];
+    let scale = n_in as f32 / n_out as f32;
+    for o in 0..n_out {
+        let x = ((o as f32 + 0.5) * scale - 0.5).clamp(0.0, (n_in - 1) as f32);
+        let i0 = x.floor() as usize;
+        let i1 = (i0 + 1).min(n_in - 1);
+        let t = x - i0 as f32;
+        m[o * n_in + i0] += 1.0 - t;
+        m[o * n_in + i1] += t;
+    }
+    m
+}
+
+/// Resizes a square `n_in x n_in` map (row-major) to `w x h` bilinearly (see [`interp_matrix`]).
+pub fn upsample(src: &[f32], n_in: usize, w: usize, h: usize) -> Vec<f32> {
+    assert_eq!(src.len(), n_in * n_in);
+    let mx = interp_matrix(n_in, w);
+    let my = interp_matrix(n_in, h);
+    // Rows first: [n_in, n_in] -> [n_in, w].
+    let mut rows = vec![0f32; n_in * w];
+    for y in 0..n_in {
+        for x in 0..w {
+            rows[y * w + x] = (0..n_in)
+                .map(|i| src[y * n_in + i] * mx[x * n_in + i])
+                .sum();
+        }
+    }
+    let mut out = vec![0f32; h * w];
+    for y in 0..h {
+        for x in 0..w {
+            out[y * w + x] = (0..n_in).map(|i| rows[i * w + x] * my[y * n_in + i]).sum();
+        }
+    }
+    out
+}
+
+/// Adds the mask head to a graph whose nodes produce [`MASK_INPUTS`]; its output is
+/// [`MASK_OUTPUT`] (the caller lists it among the graph's outputs).
+pub fn add_to_graph(g: &mut Graph, m: &MaskWeights) {
+    let h = m.hidden;
+    let mut sum: Option<String> = None;
+    for (i, (input, channels, side)) in MASK_INPUTS.iter().enumerate() {
+        let w = format!("mask.w_{input}");
+        g.initializer(&w, &[h, *channels, 1, 1], m.w[i].clone());
+        let mut x = format!("mask.{input}");
+        if i == 0 {
+            g.initializer("mask.b", &[h], m.b.clone());
+            g.node("Conv", &[input, &w, "mask.b"], &x, vec![]);
+        } else {
+            g.node("Conv", &[input, &w], &x, vec![]);
+        }
+        if *side != MASK_SIDE {
+            // [N,h,s,s] x [s,28] -> [N,h,s,28]; [28,s] x that -> [N,h,28,28].
+            let across = format!("mask.up_{side}_t");
+            let down = format!("mask.up_{side}");
+            let m = interp_matrix(*side, MASK_SIDE);
+            g.initializer(
+                &across,
+                &[*side, MASK_SIDE],
+                transpose(&m, MASK_SIDE, *side),
+            );
+            g.initializer(&down, &[MASK_SIDE, *side], m);
+            let xa = format!("{x}.across");
+            g.node("MatMul", &[&x, &across], &xa, vec![]);
+            let xd = format!("{x}.up");
+            g.node("MatMul", &[&down, &xa], &xd, vec![]);
+            x = xd;
+        }
+        sum = Some(match sum {
+            None => x,
+            Some(s) => {
+                let out = format!("mask.sum{i}");
+                g.node("Add", &[&s, &x], &out, vec![]);
+                out
+            }
+        });
+    }
+    let sum = sum.expect("three inputs");
+    g.node("Relu", &[&sum], "mask.hidden", vec![]);
+    g.initializer("mask.w_out", &[1, h, 1, 1], m.w_out.clone());
+    g.initializer("mask.b_out", &[1], vec![m.b_out]);
+    g.node(
+        "Conv",
+        &["mask.hidden", "mask.w_out", "mask.b_out"],
+        "mask.logits",
+        vec![("kernel_shape", Attr::Ints(vec![1, 1]))],
+    );
+    g.node("Sigmoid", &["mask.logits"], MASK_OUTPUT, vec![]);
+}
+
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+/// What a human-parsing mask says about a pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsing {
+    /// Upper clothes, dress, coat, pants, jumpsuit, skirt, scarf.
+    Garment,
+    /// Background, hair, face, arms, legs: what a colour must never come from.
+    NotGarment,
+    /// Hat, gloves, sunglasses, socks, shoes: worn, but not the garment.
+    Other,
+}
+
+/// The class of a pixel of a parsing mask in the LIP/CIHP palette (as DeepFashion's `seg/`
+/// PNGs are drawn); `None` for a colour outside the palette.
+pub fn parsing_class(rgb: [u8; 3]) -> Option<Parsing> {
+    use Parsing::*;
+    Some(match rgb {
+        [255, 85, 0]
+        | [0, 0, 85]
+        | [0, 119, 221]
+        | [0, 85, 85]
+        | [85, 51, 0]
+        | [52, 86, 128]
+        | [0, 128, 0] => Garment,
+        [0, 0, 0]
+        | [255, 0, 0]
+        | [0, 0, 255]
+        | [51, 170, 221]
+        | [0, 255, 255]
+        | [85, 255, 170]
+        | [170, 255, 85] => NotGarment,
+        [128, 0, 0] | [0, 85, 0] | [170, 0, 51] | [85, 85, 0] | [255, 255, 0] | [255, 170, 0] => {
+            Other
+        }
+        _ => return None,
+    })
+}
+
+/// A parsing mask as an RGB image the preprocessing can resize and crop like the photo: red 255
+/// where garment, green 255 where not garment (skin, hair, face, background), blue 255 for the
+/// rest. After resizing, each channel is the share of that class around the pixel.
+pub fn parsing_planes(seg: &RgbImage) -> RgbImage {
+    RgbImage::from_fn(seg.width(), seg.height(), |x, y| {
+        let c = parsing_class(seg.get_pixel(x, y).0).unwrap_or(Parsing::Other);
+        image::Rgb(match c {
+            Parsing::Garment => [255, 0, 0],
+            Parsing::NotGarment => [0, 255, 0],
+            Parsing::Other => [0, 0, 255],
+        })
+    })
+}
+
+/// The parsing mask of a photo as [`parsing_planes`], resized and cropped exactly like the photo
+/// (`photo_size`: the photo's width and height, which the mask is first brought to).
+pub fn parsing_crop(
+    pre: &crate::preprocess::Preprocess,
+    seg: &std::path::Path,
+    photo_size: (u32, u32),
+) -> crate::Result<RgbImage> {
+    let img = image::open(seg)
+        .map_err(|e| crate::Error::bad_data(seg, format!("cannot read the parsing mask: {e}")))?
+        .to_rgb8();
+    let mut planes = parsing_planes(&img);
+    if planes.dimensions() != photo_size {
+        planes = image::imageops::resize(
+            &planes,
+            photo_size.0,
+            photo_size.1,
+            image::imageops::FilterType::Nearest,
+        );
+    }
+    pre.resize_and_crop(&planes)
+}
+
+/// Agreement of a predicted garment mask with a parsing mask, both over the model's square
+/// (`planes` from [`parsing_crop`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MaskScore {
+    /// Pixels both call garment.
+    pub intersection: u64,
+    /// Pixels either calls garment.
+    pub union: u64,
+    /// Pixels predicted garment.
+    pub predicted: u64,
+    /// Pixels predicted garment that the parsing mask calls skin, hair, face or background.
+    pub on_not_garment: u64,
+}
+
+impl MaskScore {
+    /// Scores a `MASK_SIDE`-grid of probabilities (upsampled bilinearly, garment where at least
+    /// 0.5) against the planes, at the planes' size.
+    pub fn of(probs: &[f32], planes: &RgbImage) -> MaskScore {
+        let (w, h) = (planes.width() as usize, planes.height() as usize);
+        let p = upsample(probs, MASK_SIDE, w, h);
+        Self::score(p.iter().map(|v| *v >= 0.5), planes)
+    }
+
+    /// Scores a `mw x mh` garment mask over the same square (each plane pixel takes the mask
+    /// pixel it falls in).
+    pub fn of_mask(mask: &[bool], mw: u32, mh: u32, planes: &RgbImage) -> MaskScore {
+        let (w, h) = planes.dimensions();
+        let pred = (0..h)
+            .flat_map(|y| (0..w).map(move |x| mask[((y * mh / h) * mw + x * mw / w) as usize]));
+        Self::score(pred, planes)
+    }
+
+    fn score(pred: impl Iterator<Item = bool>, planes: &RgbImage) -> MaskScore {
+        let mut s = MaskScore::default();
+        for (pred, px) in pred.zip(planes.pixels()) {
+            let truth = px.0[0] >= 128;
+            s.intersection += u64::from(pred && truth);
+            s.union += u64::from(pred || truth);
+            s.predicted += u64::from(pred);
+            s.on_not_garment += u64::from(pred && px.0[1] >= 128);
+        }
+        s
+    }
+
+    /// Intersection over union (1 when neither has garment).
+    pub fn iou(&self) -> f64 {
+        if self.union == 0 {
+            1.0
+        } else {
+            self.intersection as f64 / self.union as f64
+        }
+    }
+
+    /// Share of predicted garment pixels on skin, hair, face or background.
+    pub fn leak(&self) -> f64 {
+        if self.predicted == 0 {
+            0.0
+        } else {
+            self.on_not_garment as f64 / self.predicted as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_matches_hand_computation() {
+        // 2 -> 4, half-pixel: outputs sit at 0.25-0.5 = -0.25 (clamped to 0), 0.25, 0.75, 1.25
+        // (clamped to 1) in input coordinates.
+        let m = interp_matrix(2, 4);
+        let want = [1.0, 0.0, 0.75, 0.25, 0.25, 0.75, 0.0, 1.0];
+        for (a, b) in m.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{m:?}");
+        }
+        // Rows sum to one: a constant map stays constant.
+        let up = upsample(&[0.3; 49], 7, 56, 40);
+        assert!(up.iter().all(|v| (v - 0.3).abs() < 1e-6));
+        // A ramp stays a ramp between the first and last sample centres.
+        let ramp: Vec<f32> = (0..4).flat_map(|_| (0..4).map(|x| x as f32)).collect();
+        let up = upsample(&ramp, 4, 8, 8);
+        assert!((up[3] - 1.25).abs() < 1e-6, "{:?}", &up[..8]);
+    }
+
+    #[test]
+    fn parsing_palette_classes() {
+        assert_eq!(parsing_class([255, 85, 0]), Some(Parsing::Garment));
+        assert_eq!(parsing_class([0, 0, 255]), Some(Parsing::NotGarment));
+        assert_eq!(parsing_class([255, 170, 0]), Some(Parsing::Other));
+        assert_eq!(parsing_class([1, 2, 3]), None);
+    }
+
+    #[test]
+    fn score_counts_overlap_and_leak() {
+        // Truth: left half garment, right half background. Prediction: left three quarters.
+        let planes = RgbImage::from_fn(28, 28, |x, _| {
+            image::Rgb(if x < 14 { [255, 0, 0] } else { [0, 255, 0] })
+        });
+        let probs: Vec<f32> = (0..28 * 28)
+            .map(|i| if i % 28 < 21 { 0.9 } else { 0.1 })
+            .collect();
+        let s = MaskScore::of(&probs, &planes);
+        assert_eq!(s.intersection, 14 * 28);
+        assert_eq!(s.union, 21 * 28);
+        assert!((s.iou() - 2.0 / 3.0).abs() < 1e-9);
+        assert!((s.leak() - 1.0 / 3.0).abs() < 1e-9);
+        // The same as a 4x4 boolean mask: columns 0..3 garment cover 21 of 28 plane columns.
+        let mask: Vec<bool> = (0..16).map(|i| i % 4 < 3).collect();
+        assert_eq!(MaskScore::of_mask(&mask, 4, 4, &planes), s);
+    }
+}
