@@ -49,17 +49,81 @@ pub struct ModelInfo {
     /// Training summary: data, settings, validation metrics, time taken.
     #[serde(default)]
     pub training: serde_json::Value,
+    /// The colour family classifier on garment pixels that votes with the `colour_family` head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_colour: Option<PixelColourHead>,
+}
+
+/// A colour family classifier on the garment's pixels ([`crate::colour::colour_features`] of the
+/// pixels the palette uses), run by `fashion` itself rather than in the ONNX graph (its input
+/// comes from the garment mask). Its answer is combined with the `colour_family` head's as
+/// `p ~ (p_head * p_pixels)^(1 / fusion_temperature)`: each votes with its probabilities, and
+/// the temperature (fitted on the validation split) keeps the product calibrated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PixelColourHead {
+    /// CIELAB anchor colours of the features (the built-in vocabulary when it was trained).
+    pub anchors: Vec<[f32; 3]>,
+    /// The classifier; its labels are the `colour_family` head's, in the same order.
+    pub head: HeadWeights,
+    pub fusion_temperature: f32,
+}
+
+impl PixelColourHead {
+    /// Class probabilities from features, calibrated by the head's temperature.
+    pub fn probabilities(&self, features: &[f32]) -> Vec<f32> {
+        let logits = self.head.logits(features);
+        softmax(&logits, self.head.info.temperature)
+    }
+
+    /// The combined distribution of the `colour_family` head's probabilities and this head's.
+    pub fn fuse(&self, head: &[f32], pixels: &[f32]) -> Vec<f32> {
+        let log: Vec<f32> = head
+            .iter()
+            .zip(pixels)
+            .map(|(a, b)| a.max(1e-12).ln() + b.max(1e-12).ln())
+            .collect();
+        softmax(&log, self.fusion_temperature)
+    }
+}
+
+/// `softmax(x / t)`.
+pub fn softmax(x: &[f32], t: f32) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = x.iter().map(|v| ((v - max) / t).exp()).collect();
+    let sum: f32 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
 }
 
 /// Trained weights of one head: `hidden = relu(W1 x + b1)`, `logits = W2 hidden + b2`, with `W`
 /// stored row-major as `[out, in]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeadWeights {
     pub info: HeadInfo,
     pub w1: Vec<f32>,
     pub b1: Vec<f32>,
     pub w2: Vec<f32>,
     pub b2: Vec<f32>,
+}
+
+impl HeadWeights {
+    /// Logits (before the temperature) of each row of `x`, row after row.
+    pub fn logits(&self, x: &[f32]) -> Vec<f32> {
+        let (h, c) = (self.info.hidden, self.info.labels.len());
+        let d = self.w1.len() / h.max(1);
+        let mut out = Vec::with_capacity(x.len() / d.max(1) * c);
+        let mut a = vec![0f32; h];
+        for row in x.chunks_exact(d) {
+            for (i, ai) in a.iter_mut().enumerate() {
+                let wr = &self.w1[i * d..(i + 1) * d];
+                *ai = (self.b1[i] + wr.iter().zip(row).map(|(p, q)| p * q).sum::<f32>()).max(0.0);
+            }
+            for k in 0..c {
+                let wr = &self.w2[k * h..(k + 1) * h];
+                out.push(self.b2[k] + wr.iter().zip(&a).map(|(p, q)| p * q).sum::<f32>());
+            }
+        }
+        out
+    }
 }
 
 /// Adds the `features` node (average- and max-pooled `feat_s32`) to a backbone graph, after
@@ -190,6 +254,14 @@ pub fn build(
     g.to_bytes()
 }
 
+/// A model file (ONNX bytes; `name` names it in errors) with its [`ModelInfo`] replaced.
+pub fn with_info(model: &[u8], name: &Path, info: &ModelInfo) -> Result<Vec<u8>> {
+    let mut g = Graph::from_bytes(model, name)?;
+    let json = serde_json::to_string(info).map_err(|e| Error::Engine(e.to_string()))?;
+    g.set_metadata(METADATA_KEY, &json);
+    g.to_bytes()
+}
+
 /// A loaded model: the engine and what the file says about itself.
 #[derive(Debug)]
 pub struct Model {
@@ -229,6 +301,26 @@ impl Model {
                 ));
             }
         }
+        if let Some(p) = &info.pixel_colour {
+            let same_labels = info
+                .heads
+                .iter()
+                .find(|h| h.name == crate::data::COLOUR_FAMILY)
+                .is_some_and(|h| h.labels == p.head.info.labels);
+            let h = &p.head;
+            let d = crate::colour::colour_features_len(p.anchors.len());
+            let c = h.info.labels.len();
+            let sizes = h.w1.len() == h.info.hidden * d
+                && h.b1.len() == h.info.hidden
+                && h.w2.len() == c * h.info.hidden
+                && h.b2.len() == c;
+            if !same_labels || !sizes {
+                return Err(Error::bad_model(
+                    path,
+                    "the pixel colour head does not match the colour_family head or its own sizes",
+                ));
+            }
+        }
         Ok(Model {
             path: path.to_path_buf(),
             engine,
@@ -260,5 +352,43 @@ impl Model {
     /// The head with this name.
     pub fn head(&self, name: &str) -> Option<&HeadInfo> {
         self.info.heads.iter().find(|h| h.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fusion_multiplies_the_votes_and_applies_the_temperature() {
+        let head = HeadWeights {
+            info: HeadInfo {
+                name: "pixel_colour".into(),
+                labels: vec!["a".into(), "b".into()],
+                hidden: 1,
+                temperature: 2.0,
+            },
+            // One feature, copied to the hidden unit; class a's logit is 2x, b's is 0.
+            w1: vec![1.0],
+            b1: vec![0.0],
+            w2: vec![2.0, 0.0],
+            b2: vec![0.0, 0.0],
+        };
+        let mut p = PixelColourHead {
+            anchors: Vec::new(),
+            head,
+            fusion_temperature: 1.0,
+        };
+        // Logits 2 and 0 at temperature 2: softmax of 1 and 0.
+        let probs = p.probabilities(&[1.0]);
+        let e = std::f32::consts::E;
+        assert!((probs[0] - e / (e + 1.0)).abs() < 1e-6, "{probs:?}");
+        // An undecided head leaves the pixels' answer as it is.
+        let f = p.fuse(&[0.5, 0.5], &[0.9, 0.1]);
+        assert!((f[0] - 0.9).abs() < 1e-6, "{f:?}");
+        // At temperature 2 the product is square-rooted: 0.45 and 0.05 -> 0.75 and 0.25.
+        p.fusion_temperature = 2.0;
+        let f = p.fuse(&[0.5, 0.5], &[0.9, 0.1]);
+        assert!((f[0] - 0.75).abs() < 1e-6, "{f:?}");
     }
 }

@@ -85,7 +85,8 @@ pub struct Prediction {
     #[serde(flatten)]
     pub heads: BTreeMap<String, HeadPrediction>,
     pub colour: ColourPrediction,
-    /// Each head's full probability vector, in the model's label order.
+    /// Each head's full probability vector, in the model's label order (`colour_family`: combined
+    /// with the pixel colour head's, see [`crate::model::PixelColourHead`]).
     #[serde(skip)]
     pub probabilities: BTreeMap<String, Vec<f32>>,
     /// The learned garment mask: probabilities on a [`crate::mask::MASK_SIDE`] grid over the
@@ -224,7 +225,10 @@ impl Classifier {
             })
             .collect();
         // The palettes (k-means over the garment's pixels) in parallel.
-        let colours: Vec<(Vec<bool>, Vec<Swatch>)> = photos
+        // Per photo, in parallel: the garment's pixels, their palette (k-means) and what the
+        // pixel colour head says about them.
+        let pixel_head = self.model.info.pixel_colour.as_ref();
+        let colours: Vec<_> = photos
             .par_iter()
             .zip(&garments)
             .map(|(photo, g)| {
@@ -235,11 +239,13 @@ impl Classifier {
                     self.options.palette_size,
                     self.options.min_share,
                 );
-                (mask, palette)
+                let pixel_probs =
+                    pixel_head.map(|h| h.probabilities(&photo.pixels.features(&mask, &h.anchors)));
+                (mask, palette, pixel_probs)
             })
             .collect();
         let mut preds = Vec::with_capacity(photos.len());
-        for (i, ((photo, garment), (mask, palette))) in
+        for (i, ((photo, garment), (mask, palette, pixel_probs))) in
             photos.iter().zip(garments).zip(colours).enumerate()
         {
             let mut probabilities = BTreeMap::new();
@@ -254,6 +260,12 @@ impl Classifier {
                     answers.insert(h.name.clone(), self.answer(&h.labels, &row));
                 }
                 probabilities.insert(h.name.clone(), row);
+            }
+            // The colour family is the head's and the pixel head's answers combined.
+            if let (Some(h), Some(px)) = (pixel_head, &pixel_probs) {
+                if let Some(p) = probabilities.get_mut(COLOUR_FAMILY) {
+                    *p = h.fuse(p, px);
+                }
             }
             let family = self
                 .model
@@ -349,7 +361,8 @@ impl Classifier {
         }
     }
 
-    /// Combines the learned colour-family head with the pixel palette: the head picks the
+    /// Combines the learned colour family (the `colour_family` head, with the pixel colour head's
+    /// vote where the model has one) with the pixel palette: the learned answer picks the
     /// family (it has seen thousands of labelled products); the palette gives the name and hex
     /// within that family. Without a colour head, the largest palette colour is the primary.
     fn primary(&self, family: Option<HeadPrediction>, palette: Vec<Swatch>) -> ColourPrediction {

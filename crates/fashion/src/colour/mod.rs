@@ -147,6 +147,18 @@ impl ColourPixels {
         self.by_colour.clone()
     }
 
+    /// What the pixel colour head reads about the pixels under `mask` (see
+    /// [`colour_features`]).
+    pub fn features(&self, mask: &[bool], anchors: &[Lab]) -> Vec<f32> {
+        let px: Vec<Lab> = self
+            .labs
+            .iter()
+            .zip(mask)
+            .filter_map(|(l, m)| m.then_some(*l))
+            .collect();
+        colour_features(&px, anchors)
+    }
+
     /// The palette of the pixels under `mask` (see [`palette`]).
     pub fn palette(
         &self,
@@ -253,6 +265,48 @@ fn is_skin(l: Lab) -> bool {
     (30.0..=85.0).contains(&l[0]) && (10.0..=45.0).contains(&chroma) && (20.0..=70.0).contains(&hue)
 }
 
+/// Bins of the coarse CIELAB histogram in [`colour_features`]: lightness 0..100, a and b
+/// -60..60 (values beyond go to the end bins).
+pub const HIST_BINS: [usize; 3] = [4, 6, 6];
+
+/// Length of [`colour_features`] for `anchors` anchor colours.
+pub fn colour_features_len(anchors: usize) -> usize {
+    anchors + HIST_BINS.iter().product::<usize>()
+}
+
+/// A fixed-length description of a set of CIELAB pixels for a learned colour classifier: the
+/// mean soft assignment of the pixels to each anchor colour (weight `exp(-d^2 / 50)` for the
+/// squared Euclidean distance `d^2`, taken relative to the nearest anchor and normalised per
+/// pixel), then the share of pixels in each bin of a coarse histogram ([`HIST_BINS`]). No
+/// pixels: all zeros.
+pub fn colour_features(pixels: &[Lab], anchors: &[Lab]) -> Vec<f32> {
+    let mut out = vec![0f32; colour_features_len(anchors.len())];
+    if pixels.is_empty() {
+        return out;
+    }
+    let n = pixels.len() as f32;
+    let mut d2 = vec![0f32; anchors.len()];
+    let bin = |v: f32, lo: f32, hi: f32, k: usize| {
+        (((v - lo) / (hi - lo) * k as f32).floor().max(0.0) as usize).min(k - 1)
+    };
+    let [bl, ba, bb] = HIST_BINS;
+    for p in pixels {
+        for (d, a) in d2.iter_mut().zip(anchors) {
+            *d = (p[0] - a[0]).powi(2) + (p[1] - a[1]).powi(2) + (p[2] - a[2]).powi(2);
+        }
+        let min = d2.iter().copied().fold(f32::INFINITY, f32::min);
+        let total: f32 = d2.iter().map(|d| (-(d - min) / 50.0).exp()).sum();
+        for (o, d) in out.iter_mut().zip(&d2) {
+            *o += (-(d - min) / 50.0).exp() / total / n;
+        }
+        let h = bin(p[0], 0.0, 100.0, bl) * ba * bb
+            + bin(p[1], -60.0, 60.0, ba) * bb
+            + bin(p[2], -60.0, 60.0, bb);
+        out[anchors.len() + h] += 1.0 / n;
+    }
+    out
+}
+
 /// Clusters colours into at most `k` groups (k-means in CIELAB, deterministic start), drops
 /// clusters under `min_share`, names them and sorts by share.
 pub fn palette(pixels: &[Lab], vocab: &Vocabulary, k: usize, min_share: f32) -> Vec<Swatch> {
@@ -342,6 +396,23 @@ fn nearest(centres: &[Lab], p: Lab) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_features_by_hand() {
+        // Two anchors 10 apart in lightness; one pixel on the first, one halfway.
+        let anchors = [[50.0, 0.0, 0.0], [60.0, 0.0, 0.0]];
+        let f = colour_features(&[[50.0, 0.0, 0.0], [55.0, 0.0, 0.0]], &anchors);
+        assert_eq!(f.len(), 2 + 144);
+        // Pixel 1: weights 1 and e^-2; pixel 2: equal weights.
+        let e = (-2.0f32).exp();
+        let first = (1.0 / (1.0 + e) + 0.5) / 2.0;
+        assert!((f[0] - first).abs() < 1e-6, "{f:?}");
+        assert!((f[1] - (1.0 - first)).abs() < 1e-6);
+        // Both pixels: lightness bin 2 (50..75), a and b bin 3 (0..20): index 2*36 + 3*6 + 3.
+        assert_eq!(f[2 + 2 * 36 + 3 * 6 + 3], 1.0);
+        assert_eq!(f.iter().skip(2).sum::<f32>(), 1.0);
+        assert!(colour_features(&[], &anchors).iter().all(|v| *v == 0.0));
+    }
 
     #[test]
     fn vocabulary_names_pure_colours() {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hash::{fnv1a, START};
-use crate::model::{HeadInfo, HeadWeights, FEATURE_DIM};
+use crate::model::{HeadInfo, HeadWeights};
 
 /// Hyper-parameters of the classifier heads.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +50,8 @@ impl Default for HeadConfig {
 pub struct HeadData {
     name: String,
     labels: Vec<String>,
+    /// Length of a feature row.
+    dim: usize,
     train_x: Vec<f32>,
     train_y: Vec<u32>,
     val_x: Vec<f32>,
@@ -57,10 +59,11 @@ pub struct HeadData {
 }
 
 impl HeadData {
-    pub fn new(name: &str, labels: Vec<String>) -> Self {
+    pub fn new(name: &str, labels: Vec<String>, dim: usize) -> Self {
         Self {
             name: name.to_string(),
             labels,
+            dim,
             train_x: Vec::new(),
             train_y: Vec::new(),
             val_x: Vec::new(),
@@ -70,6 +73,7 @@ impl HeadData {
 
     /// Adds a training row (rows of photos that failed to decode, all NaN, are skipped).
     pub fn push_train(&mut self, row: Vec<f32>, class: usize) {
+        assert_eq!(row.len(), self.dim);
         if row.iter().all(|v| v.is_finite()) {
             self.train_x.extend(row);
             self.train_y.push(class as u32);
@@ -78,6 +82,7 @@ impl HeadData {
 
     /// Adds a validation row.
     pub fn push_val(&mut self, row: Vec<f32>, class: usize) {
+        assert_eq!(row.len(), self.dim);
         if row.iter().all(|v| v.is_finite()) {
             self.val_x.extend(row);
             self.val_y.push(class as u32);
@@ -137,7 +142,7 @@ pub fn train_head(
     }
     let start = std::time::Instant::now();
     let dev = Device::Cpu;
-    let d = FEATURE_DIM;
+    let d = data.dim;
     let n = data.train_y.len();
     let c = data.labels.len();
     let h = cfg.hidden;
@@ -302,7 +307,7 @@ pub fn train_head(
     };
     let val_n = data.val_y.len();
     let logits = if val_n > 0 {
-        head_logits(&weights, &data.val_x)
+        weights.logits(&data.val_x)
     } else {
         Vec::new()
     };
@@ -349,23 +354,6 @@ fn weighted_ce(logits: &Tensor, y: &Tensor, class_w: &Tensor) -> candle_core::Re
 }
 
 /// Logits of the exported head (standardisation folded in) for rows of raw features.
-fn head_logits(w: &HeadWeights, x: &[f32]) -> Vec<f32> {
-    let (d, h, c) = (FEATURE_DIM, w.info.hidden, w.info.labels.len());
-    let mut out = Vec::with_capacity(x.len() / d * c);
-    let mut a = vec![0f32; h];
-    for row in x.chunks_exact(d) {
-        for (i, ai) in a.iter_mut().enumerate() {
-            let wr = &w.w1[i * d..(i + 1) * d];
-            *ai = (w.b1[i] + wr.iter().zip(row).map(|(p, q)| p * q).sum::<f32>()).max(0.0);
-        }
-        for k in 0..c {
-            let wr = &w.w2[k * h..(k + 1) * h];
-            out.push(w.b2[k] + wr.iter().zip(&a).map(|(p, q)| p * q).sum::<f32>());
-        }
-    }
-    out
-}
-
 fn accuracy(logits: &[f32], y: &[u32], c: usize) -> (f64, f64) {
     if y.is_empty() {
         return (0.0, 0.0);
@@ -407,7 +395,7 @@ fn save_checkpoint(path: &Path, w: &HeadWeights, s: &HeadSummary) -> Result<()> 
     super::checkpoint::save(
         path,
         &[
-            ("w1", vec![h, FEATURE_DIM], &w.w1),
+            ("w1", vec![h, w.w1.len() / h.max(1)], &w.w1),
             ("b1", vec![h], &w.b1),
             ("w2", vec![c, h], &w.w2),
             ("b2", vec![c], &w.b2),

@@ -9,6 +9,7 @@ mod checkpoint;
 pub mod features;
 mod heads;
 mod mask;
+mod pixel_colour;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,11 @@ pub struct TrainConfig {
     /// The garment mask head (trained where the data has parsing masks).
     #[serde(default)]
     pub mask: MaskConfig,
+    /// The colour family classifier on garment pixels (trained with the `colour_family` head;
+    /// `hidden = 0` leaves it out). A partial section takes the `[heads]` defaults for the
+    /// keys it leaves out.
+    #[serde(default = "default_pixel_colour")]
+    pub pixel_colour: HeadConfig,
     /// Preprocessing (must match the backbone).
     #[serde(default)]
     pub preprocess: Preprocess,
@@ -79,6 +85,15 @@ fn default_true() -> bool {
 }
 fn default_min_count() -> usize {
     2
+}
+fn default_pixel_colour() -> HeadConfig {
+    HeadConfig {
+        hidden: 64,
+        epochs: 30,
+        batch: 128,
+        dropout: 0.2,
+        ..HeadConfig::default()
+    }
 }
 
 impl Default for TrainConfig {
@@ -200,7 +215,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
             .enumerate()
             .map(|(i, l)| (l.as_str(), i))
             .collect();
-        let mut set = heads::HeadData::new(name, labels.clone());
+        let mut set = heads::HeadData::new(name, labels.clone(), model::FEATURE_DIM);
         for (i, l, split) in &labelled {
             let Some(&class) = index.get(l) else { continue };
             let row = |f: &[f32]| f[i * model::FEATURE_DIM..(i + 1) * model::FEATURE_DIM].to_vec();
@@ -250,14 +265,27 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
         )?;
         mask_weights = Some((w, summary));
     }
-    write_model(
-        job,
-        &backbone_bytes,
-        &head_weights,
-        &summaries,
-        mask_weights.as_ref(),
-        start,
-    )?;
+    let mut info = model_info(job, &head_weights, &summaries, mask_weights.as_ref());
+    let mask = mask_weights.as_ref().map(|(w, _)| w);
+    let bytes = model::build(&backbone_bytes, job.backbone, &head_weights, mask, &info)?;
+    if cfg.pixel_colour.hidden > 0 {
+        if let Some((head, summary)) = pixel_colour::train_pixel_colour(
+            &bytes,
+            job.output,
+            &samples,
+            &cfg.pixel_colour,
+            cfg.seed,
+            cfg.threads,
+            cfg.backbone_batch,
+            job.cache_dir,
+        )? {
+            info.pixel_colour = Some(head);
+            info.training["pixel_colour"] = serde_json::json!(summary);
+        }
+    }
+    info.training["seconds"] = serde_json::json!(start.elapsed().as_secs_f64().round());
+    let bytes = model::with_info(&bytes, job.output, &info)?;
+    write_atomically(job.output, &bytes)?;
     Ok(TrainSummary {
         output: job.output.to_path_buf(),
         seconds: start.elapsed().as_secs_f64(),
@@ -265,20 +293,18 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     })
 }
 
-fn write_model(
+fn model_info(
     job: &TrainJob,
-    backbone: &[u8],
     heads: &[HeadWeights],
     summaries: &BTreeMap<String, heads::HeadSummary>,
     mask: Option<&(crate::mask::MaskWeights, mask::MaskSummary)>,
-    start: Instant,
-) -> Result<()> {
+) -> ModelInfo {
     let datasets: BTreeSet<String> = job
         .data
         .iter()
         .map(|d| format!("{:?}", d.layout).to_lowercase())
         .collect();
-    let info = ModelInfo {
+    ModelInfo {
         name: job.config.name.clone(),
         preprocess: job.config.preprocess.clone(),
         heads: heads.iter().map(|h| h.info.clone()).collect(),
@@ -287,12 +313,10 @@ fn write_model(
             "config": job.config,
             "heads": summaries,
             "mask": mask.map(|(_, s)| s),
-            "seconds": start.elapsed().as_secs_f64().round(),
             "fashion_version": env!("CARGO_PKG_VERSION"),
         }),
-    };
-    let bytes = model::build(backbone, job.backbone, heads, mask.map(|(w, _)| w), &info)?;
-    write_atomically(job.output, &bytes)
+        pixel_colour: None,
+    }
 }
 
 /// Writes a file so that readers see either the old or the new content, never a part.
