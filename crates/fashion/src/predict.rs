@@ -107,6 +107,14 @@ pub struct Prepared {
     pub pixels: ColourPixels,
 }
 
+/// What the model computed for one photo: each head's probabilities (in the model's head
+/// order) and the garment mask, when the model has one.
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    pub heads: Vec<Vec<f32>>,
+    pub garment: Option<Vec<f32>>,
+}
+
 /// Runs a model on photos.
 pub struct Classifier {
     pub model: Model,
@@ -202,6 +210,17 @@ impl Classifier {
 
     /// Runs the model on prepared photos; the predictions' `path` is left empty.
     pub fn run(&self, photos: &[&Prepared]) -> Result<Vec<Prediction>> {
+        let outputs = self.infer(photos)?;
+        Ok(photos
+            .par_iter()
+            .zip(outputs)
+            .map(|(p, o)| self.finish(p, o))
+            .collect())
+    }
+
+    /// The model's outputs for prepared photos, one [`ModelOutput`] per photo: the part of
+    /// [`Classifier::run`] that needs the model (see [`Classifier::finish`] for the rest).
+    pub fn infer(&self, photos: &[&Prepared]) -> Result<Vec<ModelOutput>> {
         if photos.is_empty() {
             return Ok(Vec::new());
         }
@@ -213,75 +232,63 @@ impl Classifier {
             names.push(MASK_OUTPUT);
         }
         let outputs = self.model.engine.run(input.view(), &names)?;
-        let garments: Vec<Option<Vec<f32>>> = (0..photos.len())
-            .map(|i| {
-                has_mask.then(|| {
-                    outputs[heads.len()]
-                        .index_axis(ndarray::Axis(0), i)
-                        .iter()
-                        .copied()
-                        .collect()
-                })
+        let row = |k: usize, i: usize| -> Vec<f32> {
+            outputs[k]
+                .index_axis(ndarray::Axis(0), i)
+                .iter()
+                .copied()
+                .collect()
+        };
+        Ok((0..photos.len())
+            .map(|i| ModelOutput {
+                heads: (0..heads.len()).map(|k| row(k, i)).collect(),
+                garment: has_mask.then(|| row(heads.len(), i)),
             })
-            .collect();
-        // The palettes (k-means over the garment's pixels) in parallel.
-        // Per photo, in parallel: the garment's pixels, their palette (k-means) and what the
-        // pixel colour head says about them.
-        let pixel_head = self.model.info.pixel_colour.as_ref();
-        let colours: Vec<_> = photos
-            .par_iter()
-            .zip(&garments)
-            .map(|(photo, g)| {
-                let mask = photo.pixels.mask(g.as_deref().map(|g| (g, MASK_SIDE)));
-                let palette = photo.pixels.palette(
-                    &mask,
-                    &self.vocabulary,
-                    self.options.palette_size,
-                    self.options.min_share,
-                );
-                let pixel_probs =
-                    pixel_head.map(|h| h.probabilities(&photo.pixels.features(&mask, &h.anchors)));
-                (mask, palette, pixel_probs)
-            })
-            .collect();
-        let mut preds = Vec::with_capacity(photos.len());
-        for (i, ((photo, garment), (mask, palette, pixel_probs))) in
-            photos.iter().zip(garments).zip(colours).enumerate()
-        {
-            let mut probabilities = BTreeMap::new();
-            let mut answers = BTreeMap::new();
-            for (h, out) in heads.iter().zip(&outputs) {
-                let row: Vec<f32> = out
-                    .index_axis(ndarray::Axis(0), i)
-                    .iter()
-                    .copied()
-                    .collect();
-                if h.name != COLOUR_FAMILY {
-                    answers.insert(h.name.clone(), self.answer(&h.labels, &row));
-                }
-                probabilities.insert(h.name.clone(), row);
+            .collect())
+    }
+
+    /// Turns a photo's model outputs into its prediction: the garment's pixels, their palette
+    /// (k-means) and what the pixel colour head says about them, each head's answer. Photos
+    /// can be finished in parallel, while the model runs on the next batch.
+    pub fn finish(&self, photo: &Prepared, out: ModelOutput) -> Prediction {
+        let heads = &self.model.info.heads;
+        let mask = photo
+            .pixels
+            .mask(out.garment.as_deref().map(|g| (g, MASK_SIDE)));
+        let palette = photo.pixels.palette(
+            &mask,
+            &self.vocabulary,
+            self.options.palette_size,
+            self.options.min_share,
+        );
+        let mut probabilities = BTreeMap::new();
+        let mut answers = BTreeMap::new();
+        for (h, row) in heads.iter().zip(out.heads) {
+            if h.name != COLOUR_FAMILY {
+                answers.insert(h.name.clone(), self.answer(&h.labels, &row));
             }
-            // The colour family is the head's and the pixel head's answers combined.
-            if let (Some(h), Some(px)) = (pixel_head, &pixel_probs) {
-                if let Some(p) = probabilities.get_mut(COLOUR_FAMILY) {
-                    *p = h.fuse(p, px);
-                }
-            }
-            let family = self
-                .model
-                .head(COLOUR_FAMILY)
-                .zip(probabilities.get(COLOUR_FAMILY))
-                .map(|(h, p)| self.answer(&h.labels, p));
-            preds.push(Prediction {
-                path: String::new(),
-                heads: answers,
-                colour: self.primary(family, palette),
-                probabilities,
-                garment,
-                colour_mask: (photo.pixels.width, photo.pixels.height, mask),
-            });
+            probabilities.insert(h.name.clone(), row);
         }
-        Ok(preds)
+        // The colour family is the head's and the pixel head's answers combined.
+        if let Some(h) = &self.model.info.pixel_colour {
+            if let Some(p) = probabilities.get_mut(COLOUR_FAMILY) {
+                let pixels = h.probabilities(&photo.pixels.features(&mask, &h.anchors));
+                *p = h.fuse(p, &pixels);
+            }
+        }
+        let family = self
+            .model
+            .head(COLOUR_FAMILY)
+            .zip(probabilities.get(COLOUR_FAMILY))
+            .map(|(h, p)| self.answer(&h.labels, p));
+        Prediction {
+            path: String::new(),
+            heads: answers,
+            colour: self.primary(family, palette),
+            probabilities,
+            garment: out.garment,
+            colour_mask: (photo.pixels.width, photo.pixels.height, mask),
+        }
     }
 
     /// The model's input tensor `[N, 3, crop, crop]` for prepared photos.

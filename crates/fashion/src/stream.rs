@@ -1,6 +1,7 @@
-//! Classifying a whole catalogue as a stream: worker threads decode, resize and compute palettes
-//! while the model runs on the previous batch, and results come back in input order. Memory stays
-//! bounded whatever the number of photos: at most a few batches are in flight at any time.
+//! Classifying a whole catalogue as a stream: worker threads decode and resize photos while the
+//! model runs on the previous batch, and the batch before that gets its palettes (in parallel)
+//! while results are handed on in input order. Memory stays bounded whatever the number of
+//! photos: at most a few batches are in flight at any time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,8 +9,10 @@ use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::error::Result;
-use crate::predict::{Classifier, Prediction, Prepared};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::predict::{Classifier, ModelOutput, Prediction, Prepared};
 
 /// How a stream is run.
 #[derive(Debug, Clone)]
@@ -58,7 +61,7 @@ impl Classifier {
         };
         let queue = Mutex::new(photos.into_iter().enumerate());
         let (prep_tx, prep_rx) = sync_channel::<Item<Prepared>>(2 * batch);
-        let (out_tx, out_rx) = sync_channel::<Vec<Item<Prediction>>>(2);
+        let (out_tx, out_rx) = sync_channel::<Vec<Item<(Prepared, ModelOutput)>>>(2);
         std::thread::scope(|s| {
             for _ in 0..workers {
                 let tx = prep_tx.clone();
@@ -90,19 +93,20 @@ impl Classifier {
                             }
                         }
                     }
-                    let mut ids = Vec::with_capacity(pending.len());
-                    let mut names = Vec::with_capacity(pending.len());
-                    let mut prepared = Vec::with_capacity(pending.len());
-                    for (i, path, p) in pending {
-                        names.push(path.display().to_string());
-                        ids.push((i, path));
-                        prepared.push(p);
-                    }
-                    let results = self.classify_prepared(names, prepared);
-                    let done = ids
+                    let good: Vec<&Prepared> = pending
+                        .iter()
+                        .filter_map(|(_, _, p)| p.as_ref().ok())
+                        .collect();
+                    let mut outputs = self.infer(&good).map(Vec::into_iter);
+                    let done: Vec<Item<(Prepared, ModelOutput)>> = pending
                         .into_iter()
-                        .zip(results)
-                        .map(|((i, path), r)| (i, path, r))
+                        .map(|(i, path, p)| {
+                            let r = p.and_then(|p| match &mut outputs {
+                                Ok(o) => Ok((p, o.next().expect("one output per photo"))),
+                                Err(e) => Err(Error::Engine(e.to_string())),
+                            });
+                            (i, path, r)
+                        })
                         .collect();
                     if out_tx.send(done).is_err() {
                         break;
@@ -113,7 +117,18 @@ impl Classifier {
             let mut next = 0;
             let mut held = BTreeMap::new();
             for done in out_rx {
-                for (i, path, r) in done {
+                let finished: Vec<Item<Prediction>> = done
+                    .into_par_iter()
+                    .map(|(i, path, r)| {
+                        let r = r.map(|(p, o)| {
+                            let mut pred = self.finish(&p, o);
+                            pred.path = path.display().to_string();
+                            pred
+                        });
+                        (i, path, r)
+                    })
+                    .collect();
+                for (i, path, r) in finished {
                     held.insert(i, (path, r));
                 }
                 while let Some((path, r)) = held.remove(&next) {

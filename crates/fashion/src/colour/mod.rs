@@ -276,8 +276,8 @@ pub fn colour_features_len(anchors: usize) -> usize {
 
 /// A fixed-length description of a set of CIELAB pixels for a learned colour classifier: the
 /// mean soft assignment of the pixels to each anchor colour (weight `exp(-d^2 / 50)` for the
-/// squared Euclidean distance `d^2`, taken relative to the nearest anchor and normalised per
-/// pixel), then the share of pixels in each bin of a coarse histogram ([`HIST_BINS`]). No
+/// squared Euclidean distance `d^2`, taken relative to the nearest anchor, 0 beyond 600, and
+/// normalised per pixel), then the share of pixels in each bin of a coarse histogram ([`HIST_BINS`]). No
 /// pixels: all zeros.
 pub fn colour_features(pixels: &[Lab], anchors: &[Lab]) -> Vec<f32> {
     let mut out = vec![0f32; colour_features_len(anchors.len())];
@@ -295,9 +295,18 @@ pub fn colour_features(pixels: &[Lab], anchors: &[Lab]) -> Vec<f32> {
             *d = (p[0] - a[0]).powi(2) + (p[1] - a[1]).powi(2) + (p[2] - a[2]).powi(2);
         }
         let min = d2.iter().copied().fold(f32::INFINITY, f32::min);
-        let total: f32 = d2.iter().map(|d| (-(d - min) / 50.0).exp()).sum();
-        for (o, d) in out.iter_mut().zip(&d2) {
-            *o += (-(d - min) / 50.0).exp() / total / n;
+        // Anchors much farther than the nearest get no weight (e^-12 < 1e-5): most of the
+        // exponentials are skipped.
+        for d in d2.iter_mut() {
+            *d = if *d - min < 600.0 {
+                (-(*d - min) / 50.0).exp()
+            } else {
+                0.0
+            };
+        }
+        let total: f32 = d2.iter().sum();
+        for (o, w) in out.iter_mut().zip(&d2) {
+            *o += w / total / n;
         }
         let h = bin(p[0], 0.0, 100.0, bl) * ba * bb
             + bin(p[1], -60.0, 60.0, ba) * bb
