@@ -239,6 +239,22 @@ impl Classifier {
                 .copied()
                 .collect()
         };
+        for (h, out) in heads.iter().zip(&outputs) {
+            if out.len() != photos.len() * h.labels.len() {
+                return Err(Error::Engine(format!(
+                    "output {:?} has shape {:?}; its metadata lists {} labels",
+                    h.name,
+                    out.shape(),
+                    h.labels.len()
+                )));
+            }
+        }
+        if has_mask && outputs[heads.len()].len() != photos.len() * MASK_SIDE * MASK_SIDE {
+            return Err(Error::Engine(format!(
+                "{MASK_OUTPUT} has shape {:?}; expected [N, 1, {MASK_SIDE}, {MASK_SIDE}]",
+                outputs[heads.len()].shape()
+            )));
+        }
         Ok((0..photos.len())
             .map(|i| ModelOutput {
                 heads: (0..heads.len()).map(|k| row(k, i)).collect(),
