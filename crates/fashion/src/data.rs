@@ -474,8 +474,14 @@ mod tests {
              img/WOMEN/Dresses/id_3/02_2_side.jpg id_3 gallery\n",
         )
         .unwrap();
+        // One photo has a parsing mask, beside `img/` under `seg/`.
+        let seg = dir.path().join("seg/WOMEN/Dresses/id_3/02_2_side.png");
+        std::fs::create_dir_all(seg.parent().unwrap()).unwrap();
+        std::fs::write(&seg, b"png").unwrap();
         let d = Dataset::load(dir.path(), Layout::Inshop).unwrap();
         assert_eq!(d.samples.len(), 3);
+        assert_eq!(d.samples[2].mask.as_deref(), Some(seg.as_path()));
+        assert_eq!(d.samples[0].mask, None);
         assert_eq!(d.samples[0].split, Split::Train);
         assert_eq!(d.samples[1].labels[VIEW], "detail");
         assert_eq!(d.samples[2].labels[CATEGORY], "Dresses");
