@@ -174,7 +174,7 @@ mod tests {
         let v = crate::colour::Vocabulary::default();
         let px = crate::colour::ColourPixels::of(&crop);
         let mask = px.mask(None);
-        let palette = px.palette(&mask, &v, 4, 0.05);
+        let palette = crate::colour::palette(&px.garment(&mask), &v, 4, 0.05);
         let sheet = colour_sheet(&crop, (px.width, px.height, &mask), &palette);
         assert_eq!(sheet.dimensions(), (2 * 224 + SWATCH_WIDTH + 2 * GAP, 224));
         assert_eq!(sheet.get_pixel(100, 100).0, [31, 42, 68], "photo panel");

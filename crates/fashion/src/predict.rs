@@ -271,8 +271,9 @@ impl Classifier {
         let mask = photo
             .pixels
             .mask(out.garment.as_deref().map(|g| (g, MASK_SIDE)));
-        let palette = photo.pixels.palette(
-            &mask,
+        let garment = photo.pixels.garment(&mask);
+        let palette = colour::palette(
+            &garment,
             &self.vocabulary,
             self.options.palette_size,
             self.options.min_share,
@@ -288,7 +289,7 @@ impl Classifier {
         // The colour family is the head's and the pixel head's answers combined.
         if let Some(h) = &self.model.info.pixel_colour {
             if let Some(p) = probabilities.get_mut(COLOUR_FAMILY) {
-                let pixels = h.probabilities(&photo.pixels.features(&mask, &h.anchors));
+                let pixels = h.probabilities(&colour::colour_features(&garment, &h.anchors));
                 *p = h.fuse(p, &pixels);
             }
         }

@@ -147,33 +147,14 @@ impl ColourPixels {
         self.by_colour.clone()
     }
 
-    /// What the pixel colour head reads about the pixels under `mask` (see
-    /// [`colour_features`]).
-    pub fn features(&self, mask: &[bool], anchors: &[Lab]) -> Vec<f32> {
-        let px: Vec<Lab> = self
-            .labs
+    /// The CIELAB values of the pixels under `mask` (see [`ColourPixels::mask`]): what the
+    /// palette ([`palette`]) and the pixel colour head ([`colour_features`]) are computed from.
+    pub fn garment(&self, mask: &[bool]) -> Vec<Lab> {
+        self.labs
             .iter()
             .zip(mask)
             .filter_map(|(l, m)| m.then_some(*l))
-            .collect();
-        colour_features(&px, anchors)
-    }
-
-    /// The palette of the pixels under `mask` (see [`palette`]).
-    pub fn palette(
-        &self,
-        mask: &[bool],
-        vocab: &Vocabulary,
-        k: usize,
-        min_share: f32,
-    ) -> Vec<Swatch> {
-        let px: Vec<Lab> = self
-            .labs
-            .iter()
-            .zip(mask)
-            .filter_map(|(l, m)| m.then_some(*l))
-            .collect();
-        palette(&px, vocab, k, min_share)
+            .collect()
     }
 }
 
@@ -458,7 +439,7 @@ mod tests {
         let left: Vec<f32> = (0..49).map(|i| if i % 7 < 3 { 0.9 } else { 0.1 }).collect();
         let m = px.mask(Some((&left, 7)));
         assert!(m[56 * 28 + 10] && !m[56 * 28 + 40]);
-        let p = px.palette(&mask, &Vocabulary::default(), 4, 0.05);
+        let p = palette(&px.garment(&mask), &Vocabulary::default(), 4, 0.05);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].name, "navy");
         assert!((p[0].share - 1.0).abs() < 1e-6);

@@ -231,10 +231,7 @@ pub fn train_head(
         order.shuffle(&mut rng);
         let mut epoch_loss = 0.0;
         for chunk in order.chunks(batch) {
-            let lr = cfg.learning_rate
-                * 0.5
-                * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
-            opt.set_learning_rate(lr);
+            opt.set_learning_rate(super::cosine_lr(cfg.learning_rate, step, total));
             let idx = Tensor::from_vec(chunk.to_vec(), chunk.len(), &dev).map_err(cerr)?;
             let xb = x.index_select(&idx, 0).map_err(cerr)?;
             let yb = y.index_select(&idx, 0).map_err(cerr)?;

@@ -174,10 +174,7 @@ pub fn train_mask(
         order.shuffle(&mut rng);
         let mut epoch_loss = 0.0;
         for chunk in order.chunks(batch) {
-            let lr = cfg.learning_rate
-                * 0.5
-                * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
-            opt.set_learning_rate(lr);
+            opt.set_learning_rate(super::cosine_lr(cfg.learning_rate, step, total));
             let logits = net.forward(&tr, chunk, &mean, &std, &dev)?;
             let t = Tensor::from_vec(tr.targets_of(chunk), (chunk.len() * GRID, 1), &dev)
                 .map_err(cerr)?;

@@ -319,6 +319,11 @@ fn model_info(
     }
 }
 
+/// The learning rate at `step` of `total` under cosine decay from `base` to 0.
+fn cosine_lr(base: f64, step: usize, total: usize) -> f64 {
+    base * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())
+}
+
 /// Writes a file so that readers see either the old or the new content, never a part.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::colour::{colour_features_len, Vocabulary};
+use crate::colour::{colour_features, colour_features_len, Vocabulary};
 use crate::data::{Sample, Split, COLOUR_FAMILY};
 use crate::error::{Error, Result};
 use crate::hash::fnv1a;
@@ -88,7 +88,7 @@ pub fn train_pixel_colour(
         let photos: Vec<&Prepared> = good.iter().map(|(p, _)| *p).collect();
         let preds = classifier.run(&photos)?;
         for ((prep, (sample, class)), pred) in good.iter().zip(preds) {
-            let f = prep.pixels.features(&pred.colour_mask.2, &anchors);
+            let f = colour_features(&prep.pixels.garment(&pred.colour_mask.2), &anchors);
             for v in &f {
                 key = fnv1a(key, &v.to_le_bytes());
             }
