@@ -6,7 +6,6 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array4;
 use rayon::prelude::*;
 
@@ -50,13 +49,7 @@ pub fn features(
         f.set_len((done * row_bytes) as u64)
             .map_err(|e| Error::io(&file, e))?;
     }
-    let bar = ProgressBar::new(paths.len() as u64).with_prefix(label.to_string());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>14} {bar:40} {pos}/{len} photos {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::photo_bar(paths.len(), label);
     bar.set_position(done as u64);
     let n = pre.tensor_len();
     for chunk_start in (done..paths.len()).step_by(batch.max(1)) {

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use half::f16;
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array4;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -291,13 +290,7 @@ fn extract(
     batch: usize,
     label: &str,
 ) -> Result<MaskData> {
-    let bar = ProgressBar::new(samples.len() as u64).with_prefix(label.to_string());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>14} {bar:40} {pos}/{len} photos {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = super::photo_bar(samples.len(), label);
     let mut data = MaskData {
         n: 0,
         feats: Vec::new(),

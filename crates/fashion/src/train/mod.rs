@@ -319,6 +319,18 @@ fn model_info(
     }
 }
 
+/// The progress bar of a pass over `len` photos, labelled `label`.
+fn photo_bar(len: usize, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64).with_prefix(label.to_string());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>14} {bar:40} {pos}/{len} photos {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 /// The learning rate at `step` of `total` under cosine decay from `base` to 0.
 fn cosine_lr(base: f64, step: usize, total: usize) -> f64 {
     base * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total.max(1) as f64).cos())

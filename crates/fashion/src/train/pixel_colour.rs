@@ -65,13 +65,7 @@ pub fn train_pixel_colour(
     let mut val_head: Vec<Vec<f32>> = Vec::new();
     let mut val_feats: Vec<Vec<f32>> = Vec::new();
     let mut val_y: Vec<usize> = Vec::new();
-    let bar = indicatif::ProgressBar::new(labelled.len() as u64).with_prefix("pixel colour");
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix:>14} {bar:40} {pos}/{len} photos {per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = super::photo_bar(labelled.len(), "pixel colour");
     // The key of the cached head covers what decides the features: the model (mask included)
     // and the photos.
     let mut key = fnv1a(crate::hash::START, &seed.to_le_bytes());
