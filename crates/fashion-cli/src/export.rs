@@ -30,7 +30,7 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> Result<ExitCode> {
     let bytes = args.model.bytes()?;
-    let model = args.model.model_from(&bytes, 1)?;
+    let model = args.model.model_from(&bytes, fashion::Threads::single(1))?;
     if let Some(out) = &args.onnx {
         if out.exists() {
             bail!("{} already exists", out.display());

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use fashion::colour::Vocabulary;
-use fashion::{Classifier, ClassifyOptions, Model};
+use fashion::{Classifier, ClassifyOptions, Model, Threads};
 
 /// The flags that choose the model and how it runs, shared by the commands that classify.
 #[derive(Args)]
@@ -17,24 +17,25 @@ pub struct ModelArgs {
     /// Colour vocabulary CSV (`name,family,hex`) replacing the built-in colour names.
     #[arg(long, value_name = "FILE")]
     colours: Option<PathBuf>,
-    /// Inference threads (0 = every core). `fashion serve` runs this many model workers of one
-    /// thread each.
+    /// Inference threads (0 = every core). Batches are shared out over up to four model
+    /// sessions; `fashion serve` runs this many model workers of one thread each.
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
 
 impl ModelArgs {
-    /// Loads the vocabulary and the model.
+    /// Loads the vocabulary and the model, set up for batches of photos: the `--threads` are
+    /// shared out over several sessions ([`Threads::throughput`]).
     pub fn classifier(&self, options: ClassifyOptions) -> Result<Classifier> {
-        self.classifier_with(options, self.threads, false)
+        self.classifier_with(options, Threads::throughput(self.threads), false)
     }
 
-    /// Like [`ModelArgs::classifier`], with this many inference threads, and with the weights
+    /// Like [`ModelArgs::classifier`], with these inference threads, and with the weights
     /// that heat maps need when `explain` is set.
     pub fn classifier_with(
         &self,
         options: ClassifyOptions,
-        threads: usize,
+        threads: Threads,
         explain: bool,
     ) -> Result<Classifier> {
         let vocabulary = match &self.colours {
@@ -72,7 +73,7 @@ impl ModelArgs {
     }
 
     /// The model held in `bytes` (from [`ModelArgs::bytes`]).
-    pub fn model_from(&self, bytes: &[u8], threads: usize) -> Result<Model> {
+    pub fn model_from(&self, bytes: &[u8], threads: Threads) -> Result<Model> {
         let name = self
             .model
             .clone()

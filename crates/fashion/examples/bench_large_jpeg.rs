@@ -15,7 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: bench_large_jpeg MODEL.onnx LARGE.jpg SMALL.jpg [ROUNDS]".into());
     }
     let rounds: usize = args.get(3).map(|r| r.parse()).transpose()?.unwrap_or(30);
-    let model = Model::load(&PathBuf::from(&args[0]), 0)?;
+    let model = Model::load(&PathBuf::from(&args[0]), fashion::Threads::single(0))?;
     let c = Classifier::new(model, Vocabulary::default(), ClassifyOptions::default());
     let large = vec![PathBuf::from(&args[1])];
     let small = vec![PathBuf::from(&args[2])];

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use ndarray::{ArrayD, ArrayView4};
+use ndarray::{ArrayD, ArrayView4, Axis};
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{OutputSelector, RunOptions, Session};
@@ -67,10 +67,51 @@ fn engine_err(e: impl std::fmt::Display) -> Error {
     Error::Engine(e.to_string())
 }
 
-/// One loaded ONNX model, ready to run batches. Safe to share between threads; runs are
-/// serialised, and each run uses the configured number of threads.
+/// How many threads a model gets, and how they are shared out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    /// Threads per ONNX Runtime session (0 = every core).
+    pub per_session: usize,
+    /// Sessions (at least 1). A batch is cut into this many parts, run side by side.
+    pub sessions: usize,
+}
+
+impl Threads {
+    /// One session on `n` threads (0 = every core): the lowest latency for one photo.
+    pub fn single(n: usize) -> Threads {
+        Threads {
+            per_session: n,
+            sessions: 1,
+        }
+    }
+
+    /// `n` threads in all (0 = every core) as up to [`Threads::MAX_SESSIONS`] sessions that
+    /// share each batch: the most photos per second for batches of several photos. On two
+    /// cores, two one-thread sessions ran the default model 5-10% faster than one two-thread
+    /// session, which loses time keeping its threads in step through the many small depthwise
+    /// layers. Each session holds working memory for its part of a batch and a copy of the
+    /// weights, hence the cap.
+    pub fn throughput(n: usize) -> Threads {
+        let n = match n {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let sessions = n.clamp(1, Self::MAX_SESSIONS);
+        Threads {
+            per_session: (n / sessions).max(1),
+            sessions,
+        }
+    }
+
+    /// The most sessions [`Threads::throughput`] opens.
+    pub const MAX_SESSIONS: usize = 4;
+}
+
+/// One loaded ONNX model, ready to run batches. Safe to share between threads. It holds
+/// [`Threads::sessions`] sessions; a batch is cut into that many parts, one per session, run at
+/// the same time.
 pub struct Engine {
-    session: Mutex<Session>,
+    sessions: Vec<Mutex<Session>>,
     input: String,
     outputs: Vec<String>,
     metadata: HashMap<String, String>,
@@ -86,16 +127,53 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Loads an ONNX model from a file. `threads` = 0 lets ONNX Runtime use every core.
-    pub fn load(path: &Path, threads: usize) -> Result<Engine> {
+    /// Loads an ONNX model from a file.
+    pub fn load(path: &Path, threads: Threads) -> Result<Engine> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes, path, threads)
     }
 
     /// Loads an ONNX model held in memory; `name` only names it in errors.
-    pub fn from_bytes(bytes: &[u8], name: &Path, threads: usize) -> Result<Engine> {
-        let env = environment()?;
+    pub fn from_bytes(bytes: &[u8], name: &Path, threads: Threads) -> Result<Engine> {
+        let sessions = (0..threads.sessions.max(1))
+            .map(|_| Self::session(bytes, name, threads.per_session))
+            .collect::<Result<Vec<_>>>()?;
         let bad = |e: ort::Error| Error::bad_model(name, e.to_string());
+        let first = &sessions[0];
+        let input = match first.inputs() {
+            [one] => one.name().to_string(),
+            other => {
+                return Err(Error::bad_model(
+                    name,
+                    format!("expected one input, found {}", other.len()),
+                ))
+            }
+        };
+        let outputs = first
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let mut metadata = HashMap::new();
+        {
+            let meta = first.metadata().map_err(bad)?;
+            for key in meta.custom_keys().map_err(bad)? {
+                if let Some(v) = meta.custom(&key) {
+                    metadata.insert(key, v);
+                }
+            }
+        }
+        Ok(Engine {
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            input,
+            outputs,
+            metadata,
+        })
+    }
+
+    /// One ONNX Runtime session on `threads` threads (0 = every core).
+    fn session(bytes: &[u8], name: &Path, threads: usize) -> Result<Session> {
+        let env = environment()?;
         let mut builder = Session::builder(env)
             .map_err(engine_err)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -113,36 +191,14 @@ impl Engine {
                 .with_intra_threads(threads)
                 .map_err(|e| engine_err(e.to_string()))?;
         }
-        let session = builder.commit_from_memory(bytes).map_err(bad)?;
-        let input = match session.inputs() {
-            [one] => one.name().to_string(),
-            other => {
-                return Err(Error::bad_model(
-                    name,
-                    format!("expected one input, found {}", other.len()),
-                ))
-            }
-        };
-        let outputs = session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
-        let mut metadata = HashMap::new();
-        {
-            let meta = session.metadata().map_err(bad)?;
-            for key in meta.custom_keys().map_err(bad)? {
-                if let Some(v) = meta.custom(&key) {
-                    metadata.insert(key, v);
-                }
-            }
-        }
-        Ok(Engine {
-            session: Mutex::new(session),
-            input,
-            outputs,
-            metadata,
-        })
+        builder
+            .commit_from_memory(bytes)
+            .map_err(|e| Error::bad_model(name, e.to_string()))
+    }
+
+    /// How many sessions share each batch ([`Threads::sessions`]).
+    pub fn sessions(&self) -> usize {
+        self.sessions.len()
     }
 
     /// The names of the model's outputs.
@@ -156,7 +212,8 @@ impl Engine {
     }
 
     /// Runs a batch `[N, 3, H, W]` and returns the named outputs, in the order asked for. Only
-    /// the asked-for outputs are computed and copied.
+    /// the asked-for outputs are computed and copied. With several sessions the batch is cut
+    /// into as many parts (of whole photos), run side by side and put back together in order.
     pub fn run(&self, batch: ArrayView4<'_, f32>, outputs: &[&str]) -> Result<Vec<ArrayD<f32>>> {
         for o in outputs {
             if !self.outputs.iter().any(|n| n == o) {
@@ -165,6 +222,43 @@ impl Engine {
                 )));
             }
         }
+        let n = batch.shape()[0];
+        let parts = self.sessions.len().min(n);
+        if parts <= 1 {
+            return self.run_part(&self.sessions[0], batch, outputs);
+        }
+        let per = n.div_ceil(parts);
+        let results: Vec<Result<Vec<ArrayD<f32>>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .sessions
+                .iter()
+                .zip(batch.axis_chunks_iter(Axis(0), per))
+                .map(|(session, part)| s.spawn(move || self.run_part(session, part, outputs)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::Engine("a model run panicked".into())))
+                })
+                .collect()
+        });
+        let results = results.into_iter().collect::<Result<Vec<_>>>()?;
+        (0..outputs.len())
+            .map(|k| {
+                let views: Vec<_> = results.iter().map(|r| r[k].view()).collect();
+                ndarray::concatenate(Axis(0), &views).map_err(engine_err)
+            })
+            .collect()
+    }
+
+    /// Runs one part of a batch on one session.
+    fn run_part(
+        &self,
+        session: &Mutex<Session>,
+        batch: ArrayView4<'_, f32>,
+        outputs: &[&str],
+    ) -> Result<Vec<ArrayD<f32>>> {
         let batch = batch.as_standard_layout();
         let input = TensorRef::from_array_view(batch.view()).map_err(engine_err)?;
         let selector = outputs
@@ -173,7 +267,7 @@ impl Engine {
         let options = RunOptions::new()
             .map_err(engine_err)?
             .with_outputs(selector);
-        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
         let result = session
             .run_with_options(ort::inputs![self.input.as_str() => input], &options)
             .map_err(engine_err)?;
@@ -186,5 +280,76 @@ impl Engine {
                 Ok(v.try_extract_array::<f32>().map_err(engine_err)?.to_owned())
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array4;
+
+    fn default_model() -> Vec<u8> {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default.onnx");
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn throughput_shares_out_the_threads() {
+        let t = |per_session, sessions| Threads {
+            per_session,
+            sessions,
+        };
+        assert_eq!(Threads::throughput(1), t(1, 1));
+        assert_eq!(Threads::throughput(2), t(1, 2));
+        assert_eq!(Threads::throughput(3), t(1, 3));
+        assert_eq!(Threads::throughput(8), t(2, 4));
+        assert_eq!(Threads::throughput(9), t(2, 4));
+        assert!(Threads::throughput(0).sessions >= 1);
+    }
+
+    #[test]
+    fn a_batch_cut_over_sessions_comes_back_whole_and_in_order() {
+        let bytes = default_model();
+        let name = Path::new("default.onnx");
+        let one = Engine::from_bytes(&bytes, name, Threads::single(1)).unwrap();
+        let three = Engine::from_bytes(
+            &bytes,
+            name,
+            Threads {
+                per_session: 1,
+                sessions: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(three.sessions(), 3);
+        // Five different photos: parts of two, two and one.
+        let batch = Array4::from_shape_fn((5, 3, 224, 224), |(n, c, y, x)| {
+            ((n * 7 + c * 3 + y / 8 + x / 16) % 11) as f32 / 5.0 - 1.0
+        });
+        let names = ["category", "garment_mask"];
+        let want = one.run(batch.view(), &names).unwrap();
+        let got = three.run(batch.view(), &names).unwrap();
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(w.shape(), g.shape());
+            assert_eq!(w.shape()[0], 5);
+            let max = w
+                .iter()
+                .zip(g.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(max < 1e-5, "max abs diff {max}");
+        }
+        // The photos differ, so a part put back in the wrong place would show.
+        let row = |k: usize| want[0].index_axis(Axis(0), k).to_owned();
+        assert!((row(0) - row(4)).iter().any(|d| d.abs() > 1e-4));
+        // One photo uses one session; an unknown output is refused.
+        assert_eq!(
+            three
+                .run(batch.slice(ndarray::s![..1, .., .., ..]), &names)
+                .unwrap()[0]
+                .shape()[0],
+            1
+        );
+        assert!(three.run(batch.view(), &["nope"]).is_err());
     }
 }

@@ -17,7 +17,7 @@ pub mod image;
 mod jpeg_dc;
 pub mod preprocess;
 
-pub use engine::Engine;
+pub use engine::{Engine, Threads};
 pub use error::{Error, Result};
 pub use preprocess::Preprocess;
 pub mod data;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Threads};
 use crate::error::{Error, Result};
 use crate::onnx::{Attr, Graph};
 use crate::preprocess::Preprocess;
@@ -273,8 +273,8 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a model file written by `fashion train`. `threads` = 0 uses every core.
-    pub fn load(path: &Path, threads: usize) -> Result<Model> {
+    /// Loads a model file written by `fashion train`.
+    pub fn load(path: &Path, threads: Threads) -> Result<Model> {
         if !path.is_file() {
             return Err(Error::bad_model(path, "no such file"));
         }
@@ -283,7 +283,7 @@ impl Model {
     }
 
     /// Loads a model held in memory (`path` names it in errors and reports).
-    pub fn from_bytes(bytes: &[u8], path: &Path, threads: usize) -> Result<Model> {
+    pub fn from_bytes(bytes: &[u8], path: &Path, threads: Threads) -> Result<Model> {
         let engine = Engine::from_bytes(bytes, path, threads)?;
         let json = engine.metadata(METADATA_KEY).ok_or_else(|| {
             Error::bad_model(

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use fashion::Engine;
+use fashion::{Engine, Threads};
 use ndarray::{Array4, ArrayD};
 
 fn weights_dir() -> PathBuf {
@@ -37,8 +37,21 @@ fn reference() -> (Array4<f32>, Vec<(String, ArrayD<f32>)>) {
     (input, outs)
 }
 
+/// Checks one session on two threads, and two one-thread sessions sharing the batch (the
+/// three photos are cut into parts of two and one).
 fn check(model: PathBuf) {
-    let engine = Engine::load(&model, 2).unwrap();
+    check_with(&model, Threads::single(2));
+    check_with(
+        &model,
+        Threads {
+            per_session: 1,
+            sessions: 2,
+        },
+    );
+}
+
+fn check_with(model: &std::path::Path, threads: Threads) {
+    let engine = Engine::load(model, threads).unwrap();
     let (input, expected) = reference();
     let names: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     let got = engine.run(input.view(), &names).unwrap();
@@ -49,7 +62,10 @@ fn check(model: PathBuf) {
             .zip(got.iter())
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        eprintln!("{}: {name} max abs diff {max:e}", model.display());
+        eprintln!(
+            "{} ({threads:?}): {name} max abs diff {max:e}",
+            model.display()
+        );
         assert!(max <= 1e-4, "{name}: max abs diff {max} > 1e-4");
     }
 }

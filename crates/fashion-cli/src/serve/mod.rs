@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use fashion::ClassifyOptions;
+use fashion::{ClassifyOptions, Threads};
 
 pub use api::{router, AppState, Limits};
 
@@ -70,7 +70,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     // The first worker's classifier also draws heat maps (AppState::new).
     let classifiers = (0..workers)
-        .map(|i| args.model.classifier_with(options.clone(), 1, i == 0))
+        .map(|i| {
+            args.model
+                .classifier_with(options.clone(), Threads::single(1), i == 0)
+        })
         .collect::<Result<Vec<_>>>()?;
     let state = AppState::new(classifiers, limits);
     state.warm_up()?;

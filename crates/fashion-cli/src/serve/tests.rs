@@ -28,7 +28,7 @@ fn state_with(limits: Limits, max_pixels: u64) -> Arc<AppState> {
         ..Default::default()
     };
     let classifier = crate::model::ModelArgs::default_for_tests()
-        .classifier_with(options, 1, true)
+        .classifier_with(options, fashion::Threads::single(1), true)
         .unwrap();
     let st = AppState::new(vec![classifier], limits);
     st.warm_up().unwrap();

@@ -18,7 +18,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Layout, Sample, Split};
-use crate::engine::Engine;
+use crate::engine::{Engine, Threads};
 use crate::error::{Error, Result};
 use crate::model::{self, HeadWeights, ModelInfo};
 use crate::preprocess::Preprocess;
@@ -148,7 +148,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
             .as_bytes(),
     );
     let graph = model::feature_graph(&backbone_bytes, job.backbone)?;
-    let engine = Engine::from_bytes(&graph, job.backbone, cfg.threads)?;
+    let engine = Engine::from_bytes(&graph, job.backbone, Threads::single(cfg.threads))?;
 
     let mut datasets = Vec::new();
     for src in job.data {
@@ -252,7 +252,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     let mut mask_weights = None;
     if cfg.mask.enabled && mask_samples.iter().any(|m| m.train) {
         let graph = model::mask_feature_graph(&backbone_bytes, job.backbone)?;
-        let engine = Engine::from_bytes(&graph, job.backbone, cfg.threads)?;
+        let engine = Engine::from_bytes(&graph, job.backbone, Threads::single(cfg.threads))?;
         let (w, summary) = mask::train_mask(
             &engine,
             &cfg.preprocess,

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use crate::colour::{colour_features, colour_features_len, Vocabulary};
 use crate::data::{Sample, Split, COLOUR_FAMILY};
+use crate::engine::Threads;
 use crate::error::{Error, Result};
 use crate::hash::fnv1a;
 use crate::model::{Model, PixelColourHead};
@@ -41,7 +42,7 @@ pub fn train_pixel_colour(
     batch: usize,
     cache_dir: &Path,
 ) -> Result<Option<(PixelColourHead, PixelColourSummary)>> {
-    let model = Model::from_bytes(model, name, threads)?;
+    let model = Model::from_bytes(model, name, Threads::single(threads))?;
     let Some(labels) = model.head(COLOUR_FAMILY).map(|h| h.labels.clone()) else {
         return Ok(None);
     };
