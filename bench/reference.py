@@ -1,8 +1,9 @@
 """Reference pipeline for `fashion bench --reference`: the plain Python way to tag a folder of photos.
 
-Pillow decodes each photo, resizes its shorter side (bilinear, antialiased) and cuts the centre
-square; NumPy normalises; ONNX Runtime runs the same model file on batches; each photo's best label
-per head is written as one JSON line. One process, photos decoded one after the other while the
+Pillow decodes each photo, resizes its shorter side (both sides when the model's preprocessing
+says `"fit": "squash"`; bilinear, antialiased) and cuts the centre square; NumPy normalises;
+ONNX Runtime runs the same model file on batches; each photo's best label per head is written as
+one JSON line. One process, photos decoded one after the other while the
 model waits, as a typical script does. It computes no colour palette, so it does less work than
 `fashion classify`.
 
@@ -30,6 +31,7 @@ def main():
     meta = json.loads(sess.get_modelmeta().custom_metadata_map["fashion"])
     pre = meta["preprocess"]
     crop, size = pre["crop"], pre["resize_shorter"]
+    squash = pre.get("fit", "crop") == "squash"
     mean = np.array(pre["mean"], dtype=np.float32)
     std = np.array(pre["std"], dtype=np.float32)
     heads = [h["name"] for h in meta["heads"]]
@@ -38,7 +40,9 @@ def main():
     def load(path):
         img = Image.open(path).convert("RGB")
         w, h = img.size
-        if w <= h:
+        if squash:
+            nw, nh = size, size
+        elif w <= h:
             nw, nh = size, int(h * size / w)
         else:
             nw, nh = int(w * size / h), size

@@ -41,7 +41,10 @@ class Reader(CalibrationDataReader):
         size, crop = self.pre["resize_shorter"], self.pre["crop"]
         img = Image.open(path).convert("RGB")
         w, h = img.size
-        nw, nh = (size, int(h * size / w)) if w <= h else (int(w * size / h), size)
+        if self.pre.get("fit", "crop") == "squash":
+            nw, nh = size, size
+        else:
+            nw, nh = (size, int(h * size / w)) if w <= h else (int(w * size / h), size)
         img = img.resize((nw, nh), Image.BILINEAR)
         left, top = round((nw - crop) / 2), round((nh - crop) / 2)
         a = np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.float32)

@@ -19,7 +19,7 @@ pub mod preprocess;
 
 pub use engine::{Engine, Threads};
 pub use error::{Error, Result};
-pub use preprocess::Preprocess;
+pub use preprocess::{Fit, Preprocess};
 pub mod data;
 pub mod model;
 pub mod onnx;

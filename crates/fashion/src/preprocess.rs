@@ -1,6 +1,8 @@
 //! The one path from an RGB photo to the model's input tensor, used for training and inference
 //! alike. The constants match the backbone's reference preprocessing: shorter side resized to 256
 //! with an antialiased bilinear filter (as PIL does), centre crop 224x224, `(value - 127) / 128`.
+//! A model may instead squash a photo that is not square to 256x256 before the same centre crop
+//! ([`Fit::Squash`]); square photos give the same tensor either way.
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -20,6 +22,30 @@ pub struct Preprocess {
     pub mean: [f32; 3],
     /// Each channel is divided by this after subtracting the mean.
     pub std: [f32; 3],
+    /// How a photo that is not square becomes square.
+    #[serde(default, skip_serializing_if = "Fit::is_crop")]
+    pub fit: Fit,
+}
+
+/// How a photo that is not square is brought to the model's square.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fit {
+    /// Keep the proportions: the shorter side is resized to `resize_shorter` and the centre
+    /// square is cut, losing the ends of the longer side (the backbone's reference crop).
+    #[default]
+    Crop,
+    /// Resize both sides to `resize_shorter`, changing the proportions, so that the whole photo
+    /// stays in view. Catalogue thumbnails are often made this way (the Fashion Product Images
+    /// photos are their 1800x2400 originals squashed to 224x224), so a model trained on them
+    /// sees a full-size original as it saw its thumbnail.
+    Squash,
+}
+
+impl Fit {
+    fn is_crop(&self) -> bool {
+        *self == Fit::Crop
+    }
 }
 
 impl Default for Preprocess {
@@ -29,6 +55,7 @@ impl Default for Preprocess {
             resize_shorter: 256,
             mean: [127.0; 3],
             std: [128.0; 3],
+            fit: Fit::Crop,
         }
     }
 }
@@ -39,16 +66,17 @@ impl Preprocess {
         3 * (self.crop as usize).pow(2)
     }
 
-    /// Resizes the shorter side to `resize_shorter` and cuts the centre `crop x crop` square.
+    /// Resizes the shorter side (with [`Fit::Squash`]: both sides) to `resize_shorter` and cuts
+    /// the centre `crop x crop` square.
     pub fn resize_and_crop(&self, img: &RgbImage) -> Result<RgbImage> {
         let (w, h) = img.dimensions();
         let short = w.min(h) as f64;
         let scale = f64::from(self.resize_shorter) / short;
         // Same rounding as torchvision's Resize(int): the shorter side exactly, the longer truncated.
-        let (nw, nh) = if w <= h {
-            (self.resize_shorter, ((h as f64) * scale) as u32)
-        } else {
-            (((w as f64) * scale) as u32, self.resize_shorter)
+        let (nw, nh) = match self.fit {
+            Fit::Squash => (self.resize_shorter, self.resize_shorter),
+            Fit::Crop if w <= h => (self.resize_shorter, ((h as f64) * scale) as u32),
+            Fit::Crop => (((w as f64) * scale) as u32, self.resize_shorter),
         };
         let (nw, nh) = (nw.max(self.crop), nh.max(self.crop));
         let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3)
@@ -130,6 +158,51 @@ mod tests {
         let px = out.get_pixel(0, 0).0[0] as f64;
         let expected = (16.0 + 0.5) * 300.0 / 256.0 - 0.5;
         assert!((px - expected).abs() < 1.5, "{px} vs {expected}");
+    }
+
+    #[test]
+    fn squash_keeps_the_whole_photo_and_leaves_squares_alone() {
+        let p = Preprocess {
+            fit: Fit::Squash,
+            ..Preprocess::default()
+        };
+        // Red is x, green is y, both as a share of the side (0..255).
+        let img = RgbImage::from_fn(300, 600, |x, y| {
+            image::Rgb([(x * 255 / 299) as u8, (y * 255 / 599) as u8, 0])
+        });
+        let out = p.resize_and_crop(&img).unwrap();
+        assert_eq!(out.dimensions(), (224, 224));
+        // 300x600 -> 256x256; the crop starts 16 pixels in on both axes: 16/256 of each side,
+        // where the reference crop would start 144/512 down the photo.
+        let share = (16.0 + 0.5) / 256.0 * 255.0;
+        let [r, g, _] = out.get_pixel(0, 0).0;
+        assert!((f64::from(r) - share).abs() < 2.0, "{r} vs {share}");
+        assert!((f64::from(g) - share).abs() < 2.0, "{g} vs {share}");
+        let [r, g, _] = out.get_pixel(223, 223).0;
+        assert!((f64::from(r) - (255.0 - share)).abs() < 2.0, "{r}");
+        assert!((f64::from(g) - (255.0 - share)).abs() < 2.0, "{g}");
+        // A square photo gives the same crop whichever the fit.
+        let square = RgbImage::from_fn(400, 400, |x, y| image::Rgb([(x % 256) as u8, y as u8, 7]));
+        assert_eq!(
+            p.resize_and_crop(&square).unwrap(),
+            Preprocess::default().resize_and_crop(&square).unwrap()
+        );
+    }
+
+    #[test]
+    fn fit_is_saved_only_when_it_is_not_the_reference_crop() {
+        // Models written before `fit` existed read as `crop`, and keep their cache keys.
+        let json = serde_json::to_string(&Preprocess::default()).unwrap();
+        assert!(!json.contains("fit"), "{json}");
+        let back: Preprocess = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.fit, Fit::Crop);
+        let squash = Preprocess {
+            fit: Fit::Squash,
+            ..Preprocess::default()
+        };
+        let json = serde_json::to_string(&squash).unwrap();
+        assert!(json.contains(r#""fit":"squash""#), "{json}");
+        assert_eq!(serde_json::from_str::<Preprocess>(&json).unwrap(), squash);
     }
 
     #[test]

@@ -79,11 +79,34 @@ impl Vocabulary {
 
     /// The closest named colour by CIEDE2000.
     pub fn name(&self, lab: Lab) -> &NamedColour {
-        self.colours
-            .iter()
-            .min_by(|a, b| ciede2000(a.lab, lab).total_cmp(&ciede2000(b.lab, lab)))
-            .expect("vocabulary is not empty")
+        closest(self.colours.iter(), lab).expect("vocabulary is not empty")
     }
+
+    /// The closest named colour of `family` by CIEDE2000 (`None` if the vocabulary has none).
+    pub fn name_in(&self, lab: Lab, family: &str) -> Option<&NamedColour> {
+        closest(self.colours.iter().filter(|c| c.family == family), lab)
+    }
+}
+
+fn closest<'a>(
+    colours: impl Iterator<Item = &'a NamedColour>,
+    lab: Lab,
+) -> Option<&'a NamedColour> {
+    colours.min_by(|a, b| ciede2000(a.lab, lab).total_cmp(&ciede2000(b.lab, lab)))
+}
+
+/// The share-weighted mean colour of the swatches of one family, and their total share
+/// (`None` when the palette has none of that family).
+pub fn family_mean(palette: &[Swatch], family: &str) -> Option<(Lab, f32)> {
+    let mut sum = [0f32; 3];
+    let mut share = 0f32;
+    for s in palette.iter().filter(|s| s.family == family) {
+        for (t, v) in sum.iter_mut().zip(s.lab) {
+            *t += v * s.share;
+        }
+        share += s.share;
+    }
+    (share > 0.0).then(|| (sum.map(|v| v / share), share))
 }
 
 /// One colour of a palette.
@@ -410,6 +433,40 @@ mod tests {
         assert_eq!(v.name(srgb_to_lab([200, 16, 46])).family, "red");
         assert_eq!(v.name(srgb_to_lab([31, 42, 68])).name, "navy");
         assert_eq!(v.name(srgb_to_lab([250, 250, 250])).family, "white");
+    }
+
+    #[test]
+    fn family_mean_weighs_the_familys_swatches_by_share() {
+        let sw = |family: &str, lab: Lab, share: f32| Swatch {
+            name: String::new(),
+            family: family.into(),
+            hex: String::new(),
+            share,
+            lab,
+        };
+        let palette = [
+            sw("yellow", [80.0, 0.0, 60.0], 0.48),
+            sw("white", [95.0, 0.0, 0.0], 0.11),
+            sw("yellow", [70.0, 4.0, 50.0], 0.16),
+        ];
+        let (lab, share) = family_mean(&palette, "yellow").unwrap();
+        assert!((share - 0.64).abs() < 1e-6);
+        // Lightness (80 * 0.48 + 70 * 0.16) / 0.64 = 77.5; a and b the same way.
+        let want = [77.5, 4.0 * 0.16 / 0.64, (60.0 * 0.48 + 50.0 * 0.16) / 0.64];
+        for (g, w) in lab.iter().zip(want) {
+            assert!((g - w).abs() < 1e-4, "{lab:?} vs {want:?}");
+        }
+        assert!(family_mean(&palette, "red").is_none());
+    }
+
+    #[test]
+    fn name_in_keeps_to_the_family() {
+        let v = Vocabulary::default();
+        // Pure navy: the closest colour overall is navy; within black, black.
+        let navy = srgb_to_lab([31, 42, 68]);
+        assert_eq!(v.name_in(navy, "blue").unwrap().name, "navy");
+        assert_eq!(v.name_in(navy, "black").unwrap().name, "black");
+        assert!(v.name_in(navy, "no such family").is_none());
     }
 
     #[test]

@@ -351,3 +351,28 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::Fit;
+
+    #[test]
+    fn shipped_config_is_the_one_the_built_in_model_was_trained_with() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cfg = TrainConfig::from_file(&root.join("configs/default.toml")).unwrap();
+        let bytes = std::fs::read(root.join("models/default.onnx")).unwrap();
+        let graph = crate::onnx::Graph::from_bytes(&bytes, Path::new("default.onnx")).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(graph.metadata(model::METADATA_KEY).unwrap()).unwrap();
+        let saved: TrainConfig =
+            serde_json::from_value(meta["training"]["config"].clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&cfg).unwrap(),
+            serde_json::to_value(&saved).unwrap()
+        );
+        let used: Preprocess = serde_json::from_value(meta["preprocess"].clone()).unwrap();
+        assert_eq!(used, cfg.preprocess);
+        assert_eq!(used.fit, Fit::Squash);
+    }
+}
