@@ -1,7 +1,8 @@
 """Reference pipeline for `fashion bench --reference`: the plain Python way to tag a folder of photos.
 
-Pillow decodes each photo, resizes its shorter side (both sides when the model's preprocessing
-says `"fit": "squash"`; bilinear, antialiased) and cuts the centre square; NumPy normalises;
+Pillow decodes each photo, brings it to a square as the model's `fit` says (`crop`: shorter side
+resized; `squash`: both sides resized; `pad`: longer side resized, padded with the mean colour
+of the edges along it; bilinear, antialiased) and cuts the centre square; NumPy normalises;
 ONNX Runtime runs the same model file on batches; each photo's best label per head is written as
 one JSON line. One process, photos decoded one after the other while the
 model waits, as a typical script does. It computes no colour palette, so it does less work than
@@ -19,6 +20,26 @@ import onnxruntime as ort
 from PIL import Image
 
 
+def fit_square(img, fit, size):
+    """Resizes an RGB photo for the centre crop, as `fashion`'s Preprocess::resize_and_crop."""
+    w, h = img.size
+    if fit == "squash":
+        return img.resize((size, size), Image.BILINEAR)
+    if fit == "pad":
+        scale = size / max(w, h)
+        nw, nh = (min(size, max(1, round(v * scale))) for v in (w, h))
+        img = img.resize((nw, nh), Image.BILINEAR)
+        a = np.asarray(img)
+        edges = np.concatenate([a[:, 0], a[:, -1]]) if nw < nh else np.concatenate([a[0], a[-1]])
+        fill = tuple(int(v) for v in edges.astype(np.uint64).sum(0) // len(edges))
+        out = Image.new("RGB", (size, size), fill)
+        out.paste(img, ((size - nw) // 2, (size - nh) // 2))
+        return out
+    if w <= h:
+        return img.resize((size, int(h * size / w)), Image.BILINEAR)
+    return img.resize((int(w * size / h), size), Image.BILINEAR)
+
+
 def main():
     model, out_path, threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     photos = sys.argv[5:]
@@ -31,7 +52,7 @@ def main():
     meta = json.loads(sess.get_modelmeta().custom_metadata_map["fashion"])
     pre = meta["preprocess"]
     crop, size = pre["crop"], pre["resize_shorter"]
-    squash = pre.get("fit", "crop") == "squash"
+    fit = pre.get("fit", "crop")
     mean = np.array(pre["mean"], dtype=np.float32)
     std = np.array(pre["std"], dtype=np.float32)
     heads = [h["name"] for h in meta["heads"]]
@@ -39,14 +60,8 @@ def main():
 
     def load(path):
         img = Image.open(path).convert("RGB")
-        w, h = img.size
-        if squash:
-            nw, nh = size, size
-        elif w <= h:
-            nw, nh = size, int(h * size / w)
-        else:
-            nw, nh = int(w * size / h), size
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = fit_square(img, fit, size)
+        nw, nh = img.size
         left, top = round((nw - crop) / 2), round((nh - crop) / 2)
         a = np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.float32)
         return ((a - mean) / std).transpose(2, 0, 1)

@@ -6,7 +6,7 @@ Two levels per number:
   the run: a change made the model worse.
 A number marked "max" is a ceiling instead (lower is better).
 Both are listed in scripts/floors.json.
-Usage: check_floors.py INSHOP_VAL.json FPI_VAL_APPAREL.json COLOUR_CONSISTENCY.json
+Usage: check_floors.py INSHOP_VAL.json FPI_VAL_APPAREL.json COLOUR_CONSISTENCY.json INSHOP_VAL_UNPADDED.json
 """
 import json
 import os
@@ -15,6 +15,7 @@ import sys
 inshop = json.load(open(sys.argv[1]))
 fpi = json.load(open(sys.argv[2]))
 consistency = json.load(open(sys.argv[3]))
+unpadded = json.load(open(sys.argv[4]))
 floors = json.load(open(os.path.join(os.path.dirname(__file__), "floors.json")))
 
 view = inshop["view"]
@@ -33,6 +34,8 @@ values = {
     "inshop_mask_mean_iou": inshop["mask"]["learned"]["mean_iou"],
     "inshop_mask_on_skin_or_background": inshop["mask"]["learned"]["leak"],
     "fullres_apparel_same_primary_colour": consistency["same_name"],
+    "inshop_unpadded_category_top1": unpadded["category"]["accuracy"],
+    "inshop_unpadded_view_top1": unpadded["view"]["accuracy"],
 }
 failed = short = 0
 for name, value in values.items():

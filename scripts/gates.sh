@@ -24,6 +24,11 @@ $fashion eval --data "$data/inshop" --layout inshop --split val --json "$out/ins
 echo "== Fashion Product Images val, apparel"
 $fashion eval --data "$data/fpi" --layout fpi --split val --only master_category=Apparel --json "$out/fpi-val-apparel.json"
 
+echo "== In-shop val as model shots that are not square (padding bands cut off)"
+rm -rf "$out/inshop-unpadded"
+.venv/bin/python scripts/unpad_inshop.py "$data/inshop" "$out/inshop-unpadded"
+$fashion eval --data "$out/inshop-unpadded" --layout inshop --split val --json "$out/inshop-val-unpadded.json"
+
 echo "== primary colour of full-resolution photos against their 224x224 catalogue copies"
 rm -f "$out/fullres.jsonl" "$out/fullres-copies.jsonl"
 $fashion classify "$data/fullres/images" --format jsonl --out "$out/fullres.jsonl"
@@ -33,7 +38,8 @@ awk -F, -v d="$data/fpi" 'NR > 1 { print d "/images/" $2 ".jpg" }' "$data/fullre
   "$out/fullres.jsonl" "$out/fullres-copies.jsonl" "$out/fullres-colour.json"
 
 echo "== accuracy floors"
-.venv/bin/python scripts/check_floors.py "$out/inshop-val.json" "$out/fpi-val-apparel.json" "$out/fullres-colour.json"
+.venv/bin/python scripts/check_floors.py "$out/inshop-val.json" "$out/fpi-val-apparel.json" \
+  "$out/fullres-colour.json" "$out/inshop-val-unpadded.json"
 
 echo "== ONNX Runtime (Python) gives the same probabilities as fashion classify"
 .venv/bin/python scripts/ort_parity.py "$fashion" models/default.onnx "$data/inshop/img"

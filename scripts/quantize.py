@@ -22,6 +22,9 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+from reference import fit_square  # noqa: E402  (the same square as the benchmark's reference)
+
 
 def train_photos(data, count):
     photos = []
@@ -40,12 +43,8 @@ class Reader(CalibrationDataReader):
     def load(self, path):
         size, crop = self.pre["resize_shorter"], self.pre["crop"]
         img = Image.open(path).convert("RGB")
-        w, h = img.size
-        if self.pre.get("fit", "crop") == "squash":
-            nw, nh = size, size
-        else:
-            nw, nh = (size, int(h * size / w)) if w <= h else (int(w * size / h), size)
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = fit_square(img, self.pre.get("fit", "crop"), size)
+        nw, nh = img.size
         left, top = round((nw - crop) / 2), round((nh - crop) / 2)
         a = np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.float32)
         a = (a - np.array(self.pre["mean"], np.float32)) / np.array(self.pre["std"], np.float32)

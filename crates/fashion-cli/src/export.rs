@@ -7,10 +7,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 /// Write the model for other serving engines: the ONNX file itself, or a Triton Inference Server
-/// model repository. Clients must preprocess photos as the model expects: RGB, resized to
-/// 256x256 (bilinear, antialiased; with `"fit": "crop"` in the metadata, the shorter side only),
-/// centre crop 224x224, `(value - 127) / 128`, float32 `[N, 3, 224, 224]` (the exact constants
-/// are in the model's `fashion` metadata).
+/// model repository. Clients must preprocess photos as the model expects: RGB, brought to a
+/// 256x256 square as the metadata's `fit` says (bilinear, antialiased; see `fit_square` in
+/// `bench/reference.py`), centre crop 224x224, `(value - 127) / 128`, float32 `[N, 3, 224, 224]`
+/// (the exact constants are in the model's `fashion` metadata).
 #[derive(Args)]
 pub struct ExportArgs {
     /// Write the ONNX model to this file.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use fashion::colour::Vocabulary;
-use fashion::{Classifier, ClassifyOptions, Model, Threads};
+use fashion::{Classifier, ClassifyOptions, Fit, Model, Threads};
 
 /// The flags that choose the model and how it runs, shared by the commands that classify.
 #[derive(Args)]
@@ -21,6 +21,16 @@ pub struct ModelArgs {
     /// sessions; `fashion serve` runs this many model workers of one thread each.
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// How a photo that is not square becomes the model's square, instead of the model's own
+    /// setting: `pad` (whole photo, proportions kept, padded with its edge colour), `squash`
+    /// (whole photo, stretched to square) or `crop` (the centre square, ends cut off).
+    #[arg(long, value_name = "HOW", value_parser = parse_fit)]
+    fit: Option<Fit>,
+}
+
+fn parse_fit(s: &str) -> std::result::Result<Fit, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("{s:?} is not one of pad, squash, crop"))
 }
 
 impl ModelArgs {
@@ -44,6 +54,9 @@ impl ModelArgs {
         };
         let bytes = self.bytes()?;
         let mut model = self.model_from(&bytes, threads)?;
+        if let Some(fit) = self.fit {
+            model.info.preprocess.fit = fit;
+        }
         if explain {
             model
                 .load_explainer(&bytes)
@@ -59,6 +72,7 @@ impl ModelArgs {
             model: None,
             colours: None,
             threads: 1,
+            fit: None,
         }
     }
 

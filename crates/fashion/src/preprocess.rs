@@ -1,8 +1,9 @@
 //! The one path from an RGB photo to the model's input tensor, used for training and inference
 //! alike. The constants match the backbone's reference preprocessing: shorter side resized to 256
 //! with an antialiased bilinear filter (as PIL does), centre crop 224x224, `(value - 127) / 128`.
-//! A model may instead squash a photo that is not square to 256x256 before the same centre crop
-//! ([`Fit::Squash`]); square photos give the same tensor either way.
+//! A model may instead bring a photo that is not square to a 256x256 square whole, padded
+//! ([`Fit::Pad`]) or squashed ([`Fit::Squash`]), before the same centre crop; square photos give
+//! the same tensor every way.
 
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -40,6 +41,11 @@ pub enum Fit {
     /// photos are their 1800x2400 originals squashed to 224x224), so a model trained on them
     /// sees a full-size original as it saw its thumbnail.
     Squash,
+    /// Keep the proportions and the whole photo: the longer side is resized to
+    /// `resize_shorter` and the shorter is filled out to a square with the mean colour of the
+    /// photo's two edges along it, as the DeepFashion In-shop photos were made from their
+    /// originals.
+    Pad,
 }
 
 impl Fit {
@@ -66,19 +72,31 @@ impl Preprocess {
         3 * (self.crop as usize).pow(2)
     }
 
-    /// Resizes the shorter side (with [`Fit::Squash`]: both sides) to `resize_shorter` and cuts
-    /// the centre `crop x crop` square.
+    /// Brings the photo to a `resize_shorter` square as [`Preprocess::fit`] says and cuts the
+    /// centre `crop x crop` square from it.
     pub fn resize_and_crop(&self, img: &RgbImage) -> Result<RgbImage> {
         let (w, h) = img.dimensions();
-        let short = w.min(h) as f64;
-        let scale = f64::from(self.resize_shorter) / short;
-        // Same rounding as torchvision's Resize(int): the shorter side exactly, the longer truncated.
+        let side = self.resize_shorter;
         let (nw, nh) = match self.fit {
-            Fit::Squash => (self.resize_shorter, self.resize_shorter),
-            Fit::Crop if w <= h => (self.resize_shorter, ((h as f64) * scale) as u32),
-            Fit::Crop => (((w as f64) * scale) as u32, self.resize_shorter),
+            Fit::Squash => (side, side),
+            Fit::Pad => {
+                let scale = f64::from(side) / f64::from(w.max(h));
+                let fit = |v: u32| ((f64::from(v) * scale).round() as u32).clamp(1, side);
+                (fit(w), fit(h))
+            }
+            // Same rounding as torchvision's Resize(int): the shorter side exactly, the longer
+            // truncated.
+            Fit::Crop => {
+                let scale = f64::from(side) / f64::from(w.min(h));
+                let long = |v: u32| (f64::from(v) * scale) as u32;
+                let (nw, nh) = if w <= h {
+                    (side, long(h))
+                } else {
+                    (long(w), side)
+                };
+                (nw.max(self.crop), nh.max(self.crop))
+            }
         };
-        let (nw, nh) = (nw.max(self.crop), nh.max(self.crop));
         let src = ImageRef::new(w, h, img.as_raw(), PixelType::U8x3)
             .map_err(|e| Error::InvalidArgument(format!("resize: {e}")))?;
         let mut dst = Image::new(nw, nh, PixelType::U8x3);
@@ -86,8 +104,12 @@ impl Preprocess {
         Resizer::new()
             .resize(&src, &mut dst, &opts)
             .map_err(|e| Error::InvalidArgument(format!("resize: {e}")))?;
-        let resized = RgbImage::from_raw(nw, nh, dst.into_vec())
+        let mut resized = RgbImage::from_raw(nw, nh, dst.into_vec())
             .ok_or_else(|| Error::InvalidArgument("resize: wrong buffer size".into()))?;
+        if self.fit == Fit::Pad {
+            resized = pad_to_square(&resized, side.max(self.crop));
+        }
+        let (nw, nh) = resized.dimensions();
         let left = ((nw - self.crop) as f64 / 2.0).round() as u32;
         let top = ((nh - self.crop) as f64 / 2.0).round() as u32;
         Ok(image::imageops::crop_imm(&resized, left, top, self.crop, self.crop).to_image())
@@ -142,6 +164,37 @@ impl Preprocess {
     }
 }
 
+/// Centres `img` on a `side x side` square filled with the mean colour of the edges it is
+/// padded beyond (the left and right columns of a tall photo, the top and bottom rows of a wide
+/// one), so that a plain studio background carries on across the padding.
+fn pad_to_square(img: &RgbImage, side: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let edge: Vec<[u8; 3]> = if w < h {
+        (0..h)
+            .flat_map(|y| [img.get_pixel(0, y).0, img.get_pixel(w - 1, y).0])
+            .collect()
+    } else {
+        (0..w)
+            .flat_map(|x| [img.get_pixel(x, 0).0, img.get_pixel(x, h - 1).0])
+            .collect()
+    };
+    let mut sum = [0u64; 3];
+    for p in &edge {
+        for (s, v) in sum.iter_mut().zip(p) {
+            *s += u64::from(*v);
+        }
+    }
+    let fill = sum.map(|s| (s / edge.len().max(1) as u64) as u8);
+    let mut out = RgbImage::from_pixel(side, side, image::Rgb(fill));
+    image::imageops::replace(
+        &mut out,
+        img,
+        i64::from((side - w.min(side)) / 2),
+        i64::from((side - h.min(side)) / 2),
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +236,49 @@ mod tests {
         assert!((f64::from(g) - (255.0 - share)).abs() < 2.0, "{g}");
         // A square photo gives the same crop whichever the fit.
         let square = RgbImage::from_fn(400, 400, |x, y| image::Rgb([(x % 256) as u8, y as u8, 7]));
+        assert_eq!(
+            p.resize_and_crop(&square).unwrap(),
+            Preprocess::default().resize_and_crop(&square).unwrap()
+        );
+    }
+
+    #[test]
+    fn pad_keeps_the_whole_photo_in_proportion_on_its_edge_colour() {
+        let p = Preprocess {
+            fit: Fit::Pad,
+            ..Preprocess::default()
+        };
+        // A 200x400 photo: grey edges, a red block in the middle third of its height.
+        let img = RgbImage::from_fn(200, 400, |x, y| {
+            if (40..160).contains(&x) && (133..267).contains(&y) {
+                image::Rgb([200, 0, 0])
+            } else {
+                image::Rgb([90, 90, 90])
+            }
+        });
+        let out = p.resize_and_crop(&img).unwrap();
+        assert_eq!(out.dimensions(), (224, 224));
+        // 200x400 -> 128x256, centred on a 256 square from x = 64; the crop starts at 16.
+        // The padding takes the edge colour, so the whole border of the crop is grey.
+        for (x, y) in [
+            (0, 0),
+            (223, 223),
+            (0, 112),
+            (223, 112),
+            (112, 0),
+            (112, 223),
+        ] {
+            assert_eq!(out.get_pixel(x, y).0, [90, 90, 90], "({x}, {y})");
+        }
+        // The red block keeps its proportions: 120/200 of 128 = 77 wide, 134/400 of 256 = 86
+        // high, centred.
+        let red = |x: u32, y: u32| out.get_pixel(x, y).0 == [200, 0, 0];
+        let wide = (0..224).filter(|&x| red(x, 112)).count() as i32;
+        let high = (0..224).filter(|&y| red(112, y)).count() as i32;
+        assert!((wide - 77).abs() <= 2, "{wide}");
+        assert!((high - 86).abs() <= 2, "{high}");
+        // A square photo gives the same crop as the reference.
+        let square = RgbImage::from_fn(300, 300, |x, y| image::Rgb([(x % 256) as u8, y as u8, 7]));
         assert_eq!(
             p.resize_and_crop(&square).unwrap(),
             Preprocess::default().resize_and_crop(&square).unwrap()

@@ -373,6 +373,6 @@ mod tests {
         );
         let used: Preprocess = serde_json::from_value(meta["preprocess"].clone()).unwrap();
         assert_eq!(used, cfg.preprocess);
-        assert_eq!(used.fit, Fit::Squash);
+        assert_eq!(used.fit, Fit::Pad);
     }
 }
