@@ -27,7 +27,8 @@ def fit_square(img, fit, size):
         return img.resize((size, size), Image.BILINEAR)
     if fit == "pad":
         scale = size / max(w, h)
-        nw, nh = (min(size, max(1, round(v * scale))) for v in (w, h))
+        # Half away from zero, as Rust's f64::round (Python's round() rounds half to even).
+        nw, nh = (min(size, max(1, int(v * scale + 0.5))) for v in (w, h))
         img = img.resize((nw, nh), Image.BILINEAR)
         a = np.asarray(img)
         edges = np.concatenate([a[:, 0], a[:, -1]]) if nw < nh else np.concatenate([a[0], a[-1]])

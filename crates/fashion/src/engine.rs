@@ -87,7 +87,7 @@ impl Threads {
 
     /// `n` threads in all (0 = every core) as up to [`Threads::MAX_SESSIONS`] sessions that
     /// share each batch: the most photos per second for batches of several photos. On two
-    /// cores, two one-thread sessions ran the default model 5-10% faster than one two-thread
+    /// cores, two one-thread sessions ran the default model 4-7% faster than one two-thread
     /// session, which loses time keeping its threads in step through the many small depthwise
     /// layers. Each session holds working memory for its part of a batch and a copy of the
     /// weights, hence the cap.

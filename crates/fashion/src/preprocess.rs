@@ -78,7 +78,7 @@ impl Preprocess {
         let (w, h) = img.dimensions();
         let side = self.resize_shorter;
         let (nw, nh) = match self.fit {
-            Fit::Squash => (side, side),
+            Fit::Squash => (side.max(self.crop), side.max(self.crop)),
             Fit::Pad => {
                 let scale = f64::from(side) / f64::from(w.max(h));
                 let fit = |v: u32| ((f64::from(v) * scale).round() as u32).clamp(1, side);
