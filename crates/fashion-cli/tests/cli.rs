@@ -617,3 +617,94 @@ fn explain_writes_a_colour_sheet_per_good_photo() {
     let corner = sheet.get_pixel(224 + 8 + 3, 3).0;
     assert!(corner.iter().all(|&c| c > 240), "{corner:?}");
 }
+
+/// The probability of every label of every head of one photo, in label order.
+fn probabilities(row: &serde_json::Value) -> Vec<f64> {
+    let mut all: Vec<(String, f64)> = ["category", "view", "article_type", "colour_family"]
+        .iter()
+        .filter_map(|h| Some((h, row[h]["top"].as_array()?)))
+        .flat_map(|(h, top)| {
+            top.iter().map(move |c| {
+                let label = c["label"].as_str().unwrap();
+                (format!("{h}/{label}"), c["confidence"].as_f64().unwrap())
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.into_iter().map(|(_, p)| p).collect()
+}
+
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn fit_decides_how_a_photo_that_is_not_square_is_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/dress-red.jpg");
+    let tall = image::open(&sample).unwrap().to_rgb8(); // 600x800
+    let (w, h) = tall.dimensions();
+    tall.save(d.join("tall.png")).unwrap();
+    // The squares each fit should turn it into: padded with its edge colour, stretched, and
+    // its centre square.
+    let edge = *tall.get_pixel(0, h / 2);
+    let mut padded = image::RgbImage::from_pixel(h, h, edge);
+    image::imageops::replace(&mut padded, &tall, i64::from((h - w) / 2), 0);
+    padded.save(d.join("padded.png")).unwrap();
+    image::imageops::resize(&tall, h, h, image::imageops::FilterType::Triangle)
+        .save(d.join("squashed.png"))
+        .unwrap();
+    image::imageops::crop_imm(&tall, 0, (h - w) / 2, w, w)
+        .to_image()
+        .save(d.join("centre.png"))
+        .unwrap();
+    let run = |fit: Option<&str>, name: &str| -> Vec<f64> {
+        let photo = d.join(name);
+        let mut args = vec!["classify", "--format", "jsonl", "--top", "100"];
+        if let Some(f) = fit {
+            args.extend(["--fit", f]);
+        }
+        args.push(photo.to_str().unwrap());
+        let out = fashion(&args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        probabilities(&jsonl(&out)[0])
+    };
+    let default = run(None, "tall.png");
+    let pad = run(Some("pad"), "tall.png");
+    let squash = run(Some("squash"), "tall.png");
+    let crop = run(Some("crop"), "tall.png");
+    // The built-in model pads.
+    assert_eq!(default, pad);
+    // Each fit sees what its square shows (up to resampling), and the three differ.
+    for (got, square) in [
+        (&pad, "padded.png"),
+        (&squash, "squashed.png"),
+        (&crop, "centre.png"),
+    ] {
+        let want = run(None, square);
+        let diff = max_diff(got, &want);
+        eprintln!("{square}: max difference {diff:.4}");
+        assert!(diff < 0.05, "{square}: {diff}");
+    }
+    eprintln!(
+        "between fits: {:.3} {:.3} {:.3}",
+        max_diff(&pad, &squash),
+        max_diff(&pad, &crop),
+        max_diff(&squash, &crop)
+    );
+    assert!(max_diff(&pad, &squash) > 0.1);
+    assert!(max_diff(&pad, &crop) > 0.1);
+    assert!(max_diff(&squash, &crop) > 0.1);
+    let out = fashion(&["classify", "--fit", "stretch", "x.jpg"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not one of pad, squash, crop"));
+}
