@@ -197,7 +197,11 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     let ours = median(ours);
     println!("photos:                  {}", paths.len());
-    println!("threads, batch:          {threads}, {}", args.batch);
+    let sessions = classifier.model.engine.sessions();
+    println!(
+        "threads, sessions, batch: {threads}, {sessions}, {}",
+        args.batch
+    );
     println!("model alone:             {model_rate:.1} photos/s");
     println!(
         "fashion end to end:      {ours:.1} photos/s (median of {})",
@@ -206,6 +210,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut json = serde_json::json!({
         "photos": paths.len(),
         "threads": threads,
+        "sessions": sessions,
         "batch": args.batch,
         "rounds": args.rounds,
         "model_photos_per_s": model_rate,
