@@ -4,9 +4,8 @@ Pillow decodes each photo, brings it to a square as the model's `fit` says (`cro
 resized; `squash`: both sides resized; `pad`: longer side resized, padded with the mean colour
 of the edges along it; bilinear, antialiased) and cuts the centre square; NumPy normalises;
 ONNX Runtime runs the same model file on batches; each photo's best label per head is written as
-one JSON line. One process, photos decoded one after the other while the
-model waits, as a typical script does. It computes no colour palette, so it does less work than
-`fashion classify`.
+one JSON line. One process, photos decoded one after the other while the model waits, as a
+typical script does. It computes no colour palette, so it does less work than `fashion classify`.
 
 Usage: reference.py MODEL.onnx OUT.jsonl THREADS BATCH PHOTO...
 Prints one JSON object: {"photos": N, "seconds": S, "photos_per_s": R}.
