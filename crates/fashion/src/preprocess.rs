@@ -213,6 +213,20 @@ mod tests {
         assert!((px - expected).abs() < 1.5, "{px} vs {expected}");
     }
 
+    /// A square photo (of either size) gives `p` the same crop as the reference crop.
+    fn assert_squares_cut_as_the_reference(p: &Preprocess) {
+        for side in [300, 400] {
+            let square =
+                RgbImage::from_fn(side, side, |x, y| image::Rgb([(x % 256) as u8, y as u8, 7]));
+            assert_eq!(
+                p.resize_and_crop(&square).unwrap(),
+                Preprocess::default().resize_and_crop(&square).unwrap(),
+                "{:?}, {side}x{side}",
+                p.fit
+            );
+        }
+    }
+
     #[test]
     fn squash_keeps_the_whole_photo_and_leaves_squares_alone() {
         let p = Preprocess {
@@ -234,12 +248,7 @@ mod tests {
         let [r, g, _] = out.get_pixel(223, 223).0;
         assert!((f64::from(r) - (255.0 - share)).abs() < 2.0, "{r}");
         assert!((f64::from(g) - (255.0 - share)).abs() < 2.0, "{g}");
-        // A square photo gives the same crop whichever the fit.
-        let square = RgbImage::from_fn(400, 400, |x, y| image::Rgb([(x % 256) as u8, y as u8, 7]));
-        assert_eq!(
-            p.resize_and_crop(&square).unwrap(),
-            Preprocess::default().resize_and_crop(&square).unwrap()
-        );
+        assert_squares_cut_as_the_reference(&p);
     }
 
     #[test]
@@ -277,12 +286,7 @@ mod tests {
         let high = (0..224).filter(|&y| red(112, y)).count() as i32;
         assert!((wide - 77).abs() <= 2, "{wide}");
         assert!((high - 86).abs() <= 2, "{high}");
-        // A square photo gives the same crop as the reference.
-        let square = RgbImage::from_fn(300, 300, |x, y| image::Rgb([(x % 256) as u8, y as u8, 7]));
-        assert_eq!(
-            p.resize_and_crop(&square).unwrap(),
-            Preprocess::default().resize_and_crop(&square).unwrap()
-        );
+        assert_squares_cut_as_the_reference(&p);
     }
 
     #[test]
