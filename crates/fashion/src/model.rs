@@ -23,6 +23,65 @@ pub const FEATURES: &str = "features";
 /// Length of [`FEATURES`].
 pub const FEATURE_DIM: usize = 2560;
 const CHANNELS: i64 = 1280;
+/// The last feature map recomputed by the layers fine-tuned for some heads ([`TunedLayers`]),
+/// `[N, 1280, 7, 7]`.
+pub const TUNED_S32: &str = "tuned_s32";
+/// Average- and max-pooled [`TUNED_S32`], `[N, 2560]`: what the tuned heads read.
+pub const TUNED_FEATURES: &str = "tuned_features";
+
+/// The backbone's last two convolutions (the last block's 1x1 projection and the head
+/// convolution before `feat_s32`), found by walking back from `feat_s32`.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    /// The tensor the projection reads (the last block's depthwise output, `[N, C, 7, 7]`).
+    pub input: String,
+    pub input_channels: usize,
+    pub project_channels: usize,
+    /// Initializer names: projection weight and bias, head weight and bias.
+    pub weights: [String; 4],
+}
+
+impl Tail {
+    /// Finds the tail of a backbone graph; `None` if it is not shaped like EfficientNet's.
+    pub fn of(g: &Graph) -> Option<Tail> {
+        let (op, inputs) = g.producer(FEAT_S32)?;
+        if op != "Clip" {
+            return None;
+        }
+        let (op, head) = g.producer(inputs[0])?;
+        if op != "Conv" || head.len() != 3 {
+            return None;
+        }
+        let (op, project) = g.producer(head[0])?;
+        if op != "Conv" || project.len() != 3 {
+            return None;
+        }
+        let (hd, _) = g.initializer_f32(head[1])?;
+        let (pd, _) = g.initializer_f32(project[1])?;
+        let one_by_one = |d: &[usize]| d.len() == 4 && d[2] == 1 && d[3] == 1;
+        if !one_by_one(&hd) || !one_by_one(&pd) || hd[0] != CHANNELS as usize || hd[1] != pd[0] {
+            return None;
+        }
+        Some(Tail {
+            input: project[0].to_string(),
+            input_channels: pd[1],
+            project_channels: pd[0],
+            weights: [project[1], project[2], head[1], head[2]].map(str::to_string),
+        })
+    }
+}
+
+/// The tail's weights after fine-tuning: a second copy of the two convolutions, run beside the
+/// original ones, whose pooled output [`TUNED_FEATURES`] feeds the heads marked `tuned`.
+#[derive(Debug, Clone)]
+pub struct TunedLayers {
+    /// `[project_channels, input_channels]` and `[project_channels]`.
+    pub project_w: Vec<f32>,
+    pub project_b: Vec<f32>,
+    /// `[1280, project_channels]` and `[1280]`.
+    pub head_w: Vec<f32>,
+    pub head_b: Vec<f32>,
+}
 
 /// One classification head as stored in a model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +94,9 @@ pub struct HeadInfo {
     pub hidden: usize,
     /// Calibration temperature already folded into the output layer.
     pub temperature: f32,
+    /// Whether the head reads [`TUNED_FEATURES`] instead of [`FEATURES`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tuned: bool,
 }
 
 /// Everything a model file says about itself.
@@ -168,6 +230,65 @@ pub fn mask_feature_graph(backbone: &[u8], name: &Path) -> Result<Vec<u8>> {
     g.to_bytes()
 }
 
+/// The backbone (ONNX bytes) with one output, the input of its [`Tail`]: what fine-tuning
+/// caches. Also returns the tail.
+pub fn tail_graph(backbone: &[u8], name: &Path) -> Result<(Vec<u8>, Tail)> {
+    let mut g = Graph::from_bytes(backbone, name)?;
+    check_backbone(&g, name)?;
+    let tail = Tail::of(&g).ok_or_else(|| {
+        Error::bad_model(
+            name,
+            "cannot fine-tune this backbone: feat_s32 is not made by two 1x1 convolutions",
+        )
+    })?;
+    g.set_outputs(&[(tail.input.as_str(), vec![tail.input_channels as i64, 7, 7])]);
+    Ok((g.to_bytes()?, tail))
+}
+
+/// Adds the fine-tuned copy of the tail and [`TUNED_FEATURES`] to a graph.
+fn add_tuned(g: &mut Graph, tail: &Tail, t: &TunedLayers) {
+    let (c_in, c_p) = (tail.input_channels, tail.project_channels);
+    let ch = CHANNELS as usize;
+    g.initializer("tuned.project.w", &[c_p, c_in, 1, 1], t.project_w.clone());
+    g.initializer("tuned.project.b", &[c_p], t.project_b.clone());
+    g.initializer("tuned.head.w", &[ch, c_p, 1, 1], t.head_w.clone());
+    g.initializer("tuned.head.b", &[ch], t.head_b.clone());
+    g.initializer("tuned.min", &[], vec![0.0]);
+    g.initializer("tuned.max", &[], vec![6.0]);
+    g.node(
+        "Conv",
+        &[&tail.input, "tuned.project.w", "tuned.project.b"],
+        "tuned.project",
+        vec![],
+    );
+    g.node(
+        "Conv",
+        &["tuned.project", "tuned.head.w", "tuned.head.b"],
+        "tuned.head",
+        vec![],
+    );
+    g.node(
+        "Clip",
+        &["tuned.head", "tuned.min", "tuned.max"],
+        TUNED_S32,
+        vec![],
+    );
+    for (op, out) in [("ReduceMean", "tuned.avg"), ("ReduceMax", "tuned.max_pool")] {
+        g.node(
+            op,
+            &[TUNED_S32],
+            out,
+            vec![("axes", Attr::Ints(vec![2, 3])), ("keepdims", Attr::Int(0))],
+        );
+    }
+    g.node(
+        "Concat",
+        &["tuned.avg", "tuned.max_pool"],
+        TUNED_FEATURES,
+        vec![("axis", Attr::Int(1))],
+    );
+}
+
 fn check_backbone(g: &Graph, path: &Path) -> Result<()> {
     let outs = g.output_names();
     for want in [POOLED, FEAT_S32] {
@@ -187,6 +308,7 @@ pub fn build(
     backbone: &[u8],
     name: &Path,
     heads: &[HeadWeights],
+    tuned: Option<&TunedLayers>,
     mask: Option<&crate::mask::MaskWeights>,
     info: &ModelInfo,
 ) -> Result<Vec<u8>> {
@@ -198,12 +320,37 @@ pub fn build(
         (FEAT_S32, vec![CHANNELS, 7, 7]),
         (FEATURES, vec![FEATURE_DIM as i64]),
     ];
+    if let Some(t) = tuned {
+        let tail = Tail::of(&g)
+            .ok_or_else(|| Error::bad_model(name, "the backbone has no tail to fine-tune"))?;
+        add_tuned(&mut g, &tail, t);
+        outputs.push((TUNED_S32, vec![CHANNELS, 7, 7]));
+        outputs.push((TUNED_FEATURES, vec![FEATURE_DIM as i64]));
+    }
     for h in heads {
+        if h.info.tuned && tuned.is_none() {
+            return Err(Error::Training(format!(
+                "head {} reads tuned features, but there are no tuned layers",
+                h.info.name
+            )));
+        }
+        let input = if h.info.tuned {
+            TUNED_FEATURES
+        } else {
+            FEATURES
+        };
         let n = &h.info.name;
         let classes = h.info.labels.len();
         let hidden = h.info.hidden;
         let t = h.info.temperature;
-        g.initializer(&format!("{n}.w1"), &[hidden, FEATURE_DIM], h.w1.clone());
+        // The first layer holds nearly all of a head's weights; float16 keeps the model file
+        // small (its rounding moves probabilities by about 1e-3).
+        g.initializer_f16(
+            &format!("{n}.w1"),
+            &format!("{n}.w1_f32"),
+            &[hidden, FEATURE_DIM],
+            &h.w1,
+        );
         g.initializer(&format!("{n}.b1"), &[hidden], h.b1.clone());
         g.initializer(
             &format!("{n}.w2"),
@@ -216,7 +363,7 @@ pub fn build(
             h.b2.iter().map(|v| v / t).collect(),
         );
         let (w1, b1, w2, b2) = (
-            format!("{n}.w1"),
+            format!("{n}.w1_f32"),
             format!("{n}.b1"),
             format!("{n}.w2"),
             format!("{n}.b2"),
@@ -224,7 +371,7 @@ pub fn build(
         let (z1, a1, z2) = (format!("{n}.z1"), format!("{n}.a1"), format!("{n}.logits"));
         g.node(
             "Gemm",
-            &[FEATURES, &w1, &b1],
+            &[input, &w1, &b1],
             &z1,
             vec![("transB", Attr::Int(1))],
         );
@@ -334,7 +481,11 @@ impl Model {
     /// server drawing heat maps needs them. A model without a category head or `feat_s32`
     /// output stays without.
     pub fn load_explainer(&mut self, bytes: &[u8]) -> Result<()> {
-        if self.engine.output_names().iter().any(|o| o == FEAT_S32) {
+        let map = match self.head("category") {
+            Some(h) if h.tuned => TUNED_S32,
+            _ => FEAT_S32,
+        };
+        if self.engine.output_names().iter().any(|o| o == map) {
             let g = Graph::from_bytes(bytes, &self.path)?;
             self.explainer = crate::explain::Explainer::from_graph(&g, "category");
         }
@@ -367,6 +518,7 @@ mod tests {
                 labels: vec!["a".into(), "b".into()],
                 hidden: 1,
                 temperature: 2.0,
+                tuned: false,
             },
             // One feature, copied to the hidden unit; class a's logit is 2x, b's is 0.
             w1: vec![1.0],

@@ -55,7 +55,22 @@ impl Graph {
             .collect()
     }
 
-    /// A float32 initializer's shape and values.
+    /// The operator type and inputs of the node that produces `output`.
+    pub fn producer(&self, output: &str) -> Option<(&str, Vec<&str>)> {
+        let graph = self.model.graph.as_ref()?;
+        graph
+            .node
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == output))
+            .map(|n| {
+                (
+                    n.op_type.as_str(),
+                    n.input.iter().map(|s| s.as_str()).collect(),
+                )
+            })
+    }
+
+    /// A float initializer's shape and values (float32, or float16 widened to float32).
     pub fn initializer_f32(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
         let t = self
             .model
@@ -63,19 +78,48 @@ impl Graph {
             .initializer
             .iter()
             .find(|t| t.name == name)?;
-        if t.data_type != DataType::FLOAT as i32 {
-            return None;
-        }
         let dims = t.dims.iter().map(|&d| d as usize).collect();
-        let data = if t.raw_data.is_empty() {
-            t.float_data.clone()
-        } else {
+        let data = if t.data_type == DataType::FLOAT as i32 {
+            if t.raw_data.is_empty() {
+                t.float_data.clone()
+            } else {
+                t.raw_data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            }
+        } else if t.data_type == DataType::FLOAT16 as i32 && !t.raw_data.is_empty() {
             t.raw_data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect()
+        } else {
+            return None;
         };
         Some((dims, data))
+    }
+
+    /// Adds a float16 initializer named `name` and a `Cast` to float32 named `output`: half
+    /// the bytes for large weights whose float16 rounding does not matter.
+    pub fn initializer_f16(&mut self, name: &str, output: &str, dims: &[usize], data: &[f32]) {
+        assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");
+        let t = TensorProto {
+            name: name.to_string(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::FLOAT16 as i32,
+            raw_data: data
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            ..Default::default()
+        };
+        self.model.graph.mut_or_insert_default().initializer.push(t);
+        self.node(
+            "Cast",
+            &[name],
+            output,
+            vec![("to", Attr::Int(DataType::FLOAT as i64))],
+        );
     }
 
     /// Adds a float32 initializer of the given shape.

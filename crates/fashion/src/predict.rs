@@ -322,7 +322,8 @@ impl Classifier {
     }
 
     /// Heat maps of what drove each photo's category (see [`crate::explain`]); one more pass
-    /// of the model. Fails when the model has no category head or no `feat_s32` output.
+    /// of the model. Fails when the model has no category head or no map it reads
+    /// (`feat_s32`, or `tuned_s32` for a fine-tuned head).
     pub fn heatmaps(&self, photos: &[&Prepared]) -> Result<Vec<crate::explain::Heatmap>> {
         let (Some(explainer), Some(head)) = (&self.model.explainer, self.model.head("category"))
         else {
@@ -336,10 +337,13 @@ impl Classifier {
             return Ok(Vec::new());
         }
         let input = self.input_batch(photos)?;
-        let out = self
-            .model
-            .engine
-            .run(input.view(), &[crate::model::FEAT_S32, "category"])?;
+        // The map the category head reads: the fine-tuned one if it was fine-tuned for.
+        let map = if head.tuned {
+            crate::model::TUNED_S32
+        } else {
+            crate::model::FEAT_S32
+        };
+        let out = self.model.engine.run(input.view(), &[map, "category"])?;
         let feats = out[0]
             .view()
             .into_dimensionality::<ndarray::Ix4>()

@@ -52,6 +52,8 @@ pub struct HeadData {
     labels: Vec<String>,
     /// Length of a feature row.
     dim: usize,
+    /// Whether the rows are [`crate::model::TUNED_FEATURES`].
+    tuned: bool,
     train_x: Vec<f32>,
     train_y: Vec<u32>,
     val_x: Vec<f32>,
@@ -64,11 +66,18 @@ impl HeadData {
             name: name.to_string(),
             labels,
             dim,
+            tuned: false,
             train_x: Vec::new(),
             train_y: Vec::new(),
             val_x: Vec::new(),
             val_y: Vec::new(),
         }
+    }
+
+    /// Marks the rows as [`crate::model::TUNED_FEATURES`].
+    pub fn tuned(mut self) -> Self {
+        self.tuned = true;
+        self
     }
 
     /// Adds a training row (rows of photos that failed to decode, all NaN, are skipped).
@@ -270,20 +279,54 @@ pub fn train_head(
         );
     }
 
+    let tensor = |v: &Var| v.as_tensor().flatten_all().and_then(|t| t.to_vec1());
+    let (weights, summary) = export_head(
+        &data,
+        &Trained {
+            mean: &mean,
+            std: &std,
+            w1: tensor(&w1).map_err(cerr)?,
+            b1: tensor(&b1).map_err(cerr)?,
+            w2: tensor(&w2).map_err(cerr)?,
+            b2: tensor(&b2).map_err(cerr)?,
+        },
+        n,
+        start.elapsed().as_secs_f64(),
+    );
+    save_checkpoint(&ckpt, &weights, &summary)?;
+    Ok((weights, summary))
+}
+
+/// A head's weights as trained, on features standardised with `mean` and `std`.
+pub(super) struct Trained<'a> {
+    pub mean: &'a [f32],
+    pub std: &'a [f32],
+    /// `[hidden, dim]`, `[hidden]`, `[classes, hidden]`, `[classes]`.
+    pub w1: Vec<f32>,
+    pub b1: Vec<f32>,
+    pub w2: Vec<f32>,
+    pub b2: Vec<f32>,
+}
+
+/// The head as exported: the standardisation folded into its first layer, measured on the
+/// validation rows of `data` and calibrated there by temperature scaling.
+pub(super) fn export_head(
+    data: &HeadData,
+    t: &Trained,
+    train_rows: usize,
+    seconds: f64,
+) -> (HeadWeights, HeadSummary) {
+    let d = data.dim;
+    let c = data.labels.len();
+    let h = t.b1.len();
     // Fold the standardisation into the first layer: W1 ((x - m) / s) + b1 = (W1 / s) x + (b1 - (W1 / s) m).
-    let w1v: Vec<f32> = w1
-        .as_tensor()
-        .flatten_all()
-        .and_then(|t| t.to_vec1())
-        .map_err(cerr)?;
-    let b1v: Vec<f32> = b1.as_tensor().to_vec1().map_err(cerr)?;
     let mut w1f = vec![0f32; h * d];
-    let mut b1f = b1v.clone();
+    let mut b1f = t.b1.clone();
     for i in 0..h {
         for j in 0..d {
-            let w = w1v[i * d + j] / std[j];
+            let w = t.w1[i * d + j] / t.std[j];
             w1f[i * d + j] = w;
-            b1f[i] -= w * mean[j];
+            b1f[i] -= w * t.mean[j];
         }
     }
     let mut weights = HeadWeights {
@@ -292,15 +335,12 @@ pub fn train_head(
             labels: data.labels.clone(),
             hidden: h,
             temperature: 1.0,
+            tuned: data.tuned,
         },
         w1: w1f,
         b1: b1f,
-        w2: w2
-            .as_tensor()
-            .flatten_all()
-            .and_then(|t| t.to_vec1())
-            .map_err(cerr)?,
-        b2: b2.as_tensor().to_vec1().map_err(cerr)?,
+        w2: t.w2.clone(),
+        b2: t.b2.clone(),
     };
     let val_n = data.val_y.len();
     let logits = if val_n > 0 {
@@ -323,14 +363,14 @@ pub fn train_head(
     weights.info.temperature = temperature;
     let summary = HeadSummary {
         classes: c,
-        train_rows: n,
+        train_rows,
         val_rows: val_n,
         val_accuracy: acc,
         val_top3: top3,
         temperature,
         val_nll_before_calibration: nll1,
         val_nll_after_calibration: nll(&logits, &data.val_y, c, temperature),
-        seconds: start.elapsed().as_secs_f64().round(),
+        seconds: seconds.round(),
     };
     eprintln!(
         "{:>14}: val accuracy {:.1}%, top-3 {:.1}%, temperature {:.2}",
@@ -339,8 +379,7 @@ pub fn train_head(
         100.0 * top3,
         temperature
     );
-    save_checkpoint(&ckpt, &weights, &summary)?;
-    Ok((weights, summary))
+    (weights, summary)
 }
 
 fn weighted_ce(logits: &Tensor, y: &Tensor, class_w: &Tensor) -> candle_core::Result<Tensor> {
@@ -410,7 +449,7 @@ fn load_checkpoint(
         serde_json::from_str(meta.get("info").ok_or("no info")?).map_err(|e| e.to_string())?;
     let summary: HeadSummary = serde_json::from_str(meta.get("summary").ok_or("no summary")?)
         .map_err(|e| e.to_string())?;
-    if info.labels != data.labels {
+    if info.labels != data.labels || info.tuned != data.tuned {
         return Err("labels differ".into());
     }
     let mut get = |n: &str| t.remove(n).ok_or_else(|| format!("no tensor {n}"));

@@ -10,6 +10,7 @@ pub mod features;
 mod heads;
 mod mask;
 mod pixel_colour;
+mod tune;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::preprocess::Preprocess;
 
 pub use heads::HeadConfig;
 pub use mask::MaskConfig;
+pub use tune::TuneConfig;
 
 /// One dataset to train on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,6 +60,9 @@ pub struct TrainConfig {
     /// The classifier heads.
     #[serde(default)]
     pub heads: HeadConfig,
+    /// Fine-tuning the backbone's last layers for some heads.
+    #[serde(default)]
+    pub tune: TuneConfig,
     /// The garment mask head (trained where the data has parsing masks).
     #[serde(default)]
     pub mask: MaskConfig,
@@ -188,25 +193,69 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
         None
     };
 
+    // Each head's labels: those seen often enough in training, sorted.
+    let head_labels = |name: &str| -> Vec<String> {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &samples {
+            if let (Some(l), Split::Train) = (s.labels.get(name), s.split) {
+                *counts.entry(l).or_default() += 1;
+            }
+        }
+        counts
+            .iter()
+            .filter(|(_, &c)| c >= cfg.min_class_count)
+            .map(|(l, _)| l.to_string())
+            .collect()
+    };
+    let tuned_labels: Vec<(String, Vec<String>)> = HEAD_ORDER
+        .iter()
+        .filter(|h| cfg.tune.heads.iter().any(|t| t == *h))
+        .map(|h| (h.to_string(), head_labels(h)))
+        .filter(|(_, l)| l.len() >= 2)
+        .collect();
+    let mut tuned = if tuned_labels.is_empty() {
+        None
+    } else {
+        tune::tune(
+            &tune::TuneJob {
+                backbone: &backbone_bytes,
+                backbone_path: job.backbone,
+                pre: &cfg.preprocess,
+                samples: &samples,
+                labels: &tuned_labels,
+                flip: cfg.flip,
+                seed: cfg.seed,
+                threads: cfg.threads,
+                backbone_batch: cfg.backbone_batch,
+                cache_dir: job.cache_dir,
+                model_key,
+            },
+            &cfg.tune,
+            &cfg.heads,
+        )?
+    };
+    let mut tuned_heads = BTreeMap::new();
+    if let Some(t) = &mut tuned {
+        for (w, s) in std::mem::take(&mut t.heads) {
+            tuned_heads.insert(w.info.name.clone(), (w, s));
+        }
+    }
+
     let mut head_weights = Vec::new();
     let mut summaries = BTreeMap::new();
     for name in HEAD_ORDER {
+        // A fine-tuned head was trained with the tail.
+        if let Some((weights, summary)) = tuned_heads.remove(name) {
+            summaries.insert(name.to_string(), summary);
+            head_weights.push(weights);
+            continue;
+        }
         let labelled: Vec<(usize, &str, Split)> = samples
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.labels.get(name).map(|l| (i, l.as_str(), s.split)))
             .collect();
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, l, split) in &labelled {
-            if *split == Split::Train {
-                *counts.entry(l).or_default() += 1;
-            }
-        }
-        let labels: Vec<String> = counts
-            .iter()
-            .filter(|(_, &c)| c >= cfg.min_class_count)
-            .map(|(l, _)| l.to_string())
-            .collect();
+        let labels = head_labels(name);
         if labels.len() < 2 {
             continue;
         }
@@ -266,8 +315,19 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
         mask_weights = Some((w, summary));
     }
     let mut info = model_info(job, &head_weights, &summaries, mask_weights.as_ref());
+    if let Some(t) = &tuned {
+        info.training["tune"] = serde_json::json!(t.summary);
+    }
     let mask = mask_weights.as_ref().map(|(w, _)| w);
-    let bytes = model::build(&backbone_bytes, job.backbone, &head_weights, mask, &info)?;
+    let layers = tuned.as_ref().map(|t| &t.layers);
+    let bytes = model::build(
+        &backbone_bytes,
+        job.backbone,
+        &head_weights,
+        layers,
+        mask,
+        &info,
+    )?;
     if cfg.pixel_colour.hidden > 0 {
         if let Some((head, summary)) = pixel_colour::train_pixel_colour(
             &bytes,
