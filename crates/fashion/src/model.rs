@@ -1,6 +1,7 @@
 //! A model is one ONNX file: the backbone, a pooling layer that turns its last feature map into
 //! one feature vector, and one small classifier per head (category, view, article type, colour
-//! family). Labels, preprocessing constants, calibration and a training summary travel in the
+//! family). Heads may instead read a fine-tuned copy of the backbone's last two convolutions
+//! ([`TunedLayers`]), run beside the original. Labels, preprocessing constants, calibration and a training summary travel in the
 //! file's `metadata_props` under the key [`METADATA_KEY`], as JSON ([`ModelInfo`]).
 
 use std::path::{Path, PathBuf};
@@ -344,7 +345,8 @@ pub fn build(
         let hidden = h.info.hidden;
         let t = h.info.temperature;
         // The first layer holds nearly all of a head's weights; float16 keeps the model file
-        // small (its rounding moves probabilities by about 1e-3).
+        // small (on 128 In-shop and FPI photos its rounding moved no probability by more than
+        // 1e-4 and no answer).
         g.initializer_f16(
             &format!("{n}.w1"),
             &format!("{n}.w1_f32"),
@@ -478,8 +480,8 @@ impl Model {
 
     /// Reads the category head's weights from `bytes` (the file this model was loaded from) so
     /// that [`crate::Classifier::heatmaps`] can explain answers. Not done on every load: only a
-    /// server drawing heat maps needs them. A model without a category head or `feat_s32`
-    /// output stays without.
+    /// server drawing heat maps needs them. A model without a category head or the map it
+    /// reads (`feat_s32`, or `tuned_s32` for a fine-tuned head) stays without.
     pub fn load_explainer(&mut self, bytes: &[u8]) -> Result<()> {
         let map = match self.head("category") {
             Some(h) if h.tuned => TUNED_S32,
