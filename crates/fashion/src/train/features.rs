@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::hash::fnv1a;
-use crate::model::{FEATURES, FEATURE_DIM};
+use crate::model::FEATURES;
 use crate::preprocess::Preprocess;
 
 /// How a cached value is stored: float32, or float16 for the large feature maps.
@@ -53,35 +53,9 @@ impl Stored for half::f16 {
     }
 }
 
-/// Computes (or reads back) the features of `paths`, `FEATURE_DIM` floats per photo, mirrored
-/// when `flip` is set. `model_key` identifies the backbone and preprocessing.
-#[allow(clippy::too_many_arguments)]
-pub fn features(
-    engine: &Engine,
-    pre: &Preprocess,
-    paths: &[PathBuf],
-    flip: bool,
-    cache_dir: &Path,
-    model_key: u64,
-    batch: usize,
-    label: &str,
-) -> Result<Vec<f32>> {
-    cached_rows(
-        engine,
-        pre,
-        paths,
-        flip,
-        cache_dir,
-        model_key,
-        batch,
-        label,
-        FEATURES,
-        FEATURE_DIM,
-    )
-}
-
-/// Computes (or reads back) output `output` of `engine` for `paths`, `dim` values per photo,
-/// stored as `T`.
+/// Computes (or reads back) output `output` of `engine` for `paths`, `dim` values per photo
+/// (mirrored when `flip` is set), stored as `T`. `model_key` identifies the backbone and
+/// preprocessing.
 #[allow(clippy::too_many_arguments)]
 pub fn cached_rows<T: Stored>(
     engine: &Engine,

@@ -118,8 +118,23 @@ fn cerr(e: candle_core::Error) -> Error {
     Error::Training(e.to_string())
 }
 
-fn uniform(rng: &mut StdRng, n: usize, bound: f32) -> Vec<f32> {
+/// `n` draws from U(-bound, bound): the initial weights of a layer.
+pub(super) fn uniform(rng: &mut StdRng, n: usize, bound: f32) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+}
+
+/// Loss weight of each class, `count^-balance` (0 ignores the imbalance, 1 fully balances it),
+/// scaled so that the photos' mean weight is 1.
+pub(super) fn class_weights(counts: &[f64], balance: f64) -> Vec<f32> {
+    let raw: Vec<f64> = counts.iter().map(|&k| k.max(1.0).powf(-balance)).collect();
+    let n: f64 = counts.iter().sum();
+    let norm = n / counts
+        .iter()
+        .zip(&raw)
+        .map(|(k, w)| k * w)
+        .sum::<f64>()
+        .max(1e-9);
+    raw.iter().map(|w| (w * norm) as f32).collect()
 }
 
 /// Trains one head, or reads it back from the cache when an identical run finished before.
@@ -194,17 +209,8 @@ pub fn train_head(
     for &t in &data.train_y {
         counts[t as usize] += 1.0;
     }
-    let raw: Vec<f64> = counts
-        .iter()
-        .map(|&k| k.max(1.0).powf(-cfg.class_balance))
-        .collect();
-    let norm = n as f64 / counts.iter().zip(&raw).map(|(k, w)| k * w).sum::<f64>();
-    let class_w = Tensor::from_vec(
-        raw.iter().map(|w| (w * norm) as f32).collect::<Vec<_>>(),
-        c,
-        &dev,
-    )
-    .map_err(cerr)?;
+    let class_w =
+        Tensor::from_vec(class_weights(&counts, cfg.class_balance), c, &dev).map_err(cerr)?;
 
     let mut rng = StdRng::seed_from_u64(fnv1a(seed, data.name.as_bytes()));
     let w1 = Var::from_vec(
@@ -265,7 +271,10 @@ pub fn train_head(
                 .matmul(&w2.t().map_err(cerr)?)
                 .and_then(|z| z.broadcast_add(&b2))
                 .map_err(cerr)?;
-            let loss = weighted_ce(&logits, &yb, &class_w).map_err(cerr)?;
+            let loss = class_w
+                .index_select(&yb, 0)
+                .and_then(|w| weighted_ce(&logits, &yb, &w))
+                .map_err(cerr)?;
             opt.backward_step(&loss).map_err(cerr)?;
             epoch_loss += f64::from(loss.to_scalar::<f32>().map_err(cerr)?);
             step += 1;
@@ -382,11 +391,19 @@ pub(super) fn export_head(
     (weights, summary)
 }
 
-fn weighted_ce(logits: &Tensor, y: &Tensor, class_w: &Tensor) -> candle_core::Result<Tensor> {
+/// Cross-entropy with a weight per row (0 leaves a row out; all 0 gives a loss of 0).
+pub(super) fn weighted_ce(
+    logits: &Tensor,
+    y: &Tensor,
+    weights: &Tensor,
+) -> candle_core::Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let picked = logp.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let w = class_w.index_select(y, 0)?;
-    (picked * &w)?.sum_all()?.neg()? / f64::from(w.sum_all()?.to_scalar::<f32>()?)
+    let total = weights.sum_all()?.to_scalar::<f32>()?;
+    if total <= 0.0 {
+        return picked.zeros_like()?.sum_all();
+    }
+    (picked * weights)?.sum_all()?.neg()? / f64::from(total)
 }
 
 /// Logits of the exported head (standardisation folded in) for rows of raw features.
@@ -468,6 +485,26 @@ fn load_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weighted_cross_entropy_matches_a_hand_computation() {
+        let dev = Device::Cpu;
+        // Softmax of [0, ln 3] is [1/4, 3/4]. Row 0 (label 1, weight 2): -ln(3/4); row 1
+        // (label 0, weight 1): -ln(1/4); row 2 has no label (weight 0).
+        let logits =
+            Tensor::new(&[[0f32, 3f32.ln()], [0.0, 3f32.ln()], [5.0, -5.0]], &dev).unwrap();
+        let y = Tensor::new(&[1u32, 0, 1], &dev).unwrap();
+        let w = Tensor::new(&[2f32, 1.0, 0.0], &dev).unwrap();
+        let loss: f32 = weighted_ce(&logits, &y, &w).unwrap().to_scalar().unwrap();
+        let want = (2.0 * (4f32 / 3.0).ln() + 4f32.ln()) / 3.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} against {want}");
+        let none = Tensor::new(&[0f32, 0.0, 0.0], &dev).unwrap();
+        let loss: f32 = weighted_ce(&logits, &y, &none)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(loss, 0.0);
+    }
 
     #[test]
     fn temperature_one_nll_matches_hand_computation() {

@@ -169,7 +169,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
         samples.iter().filter(|s| s.split == Split::Val).count(),
         datasets.len()
     );
-    let plain = features::features(
+    let plain = features::cached_rows::<f32>(
         &engine,
         &cfg.preprocess,
         &paths,
@@ -178,9 +178,11 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
         model_key,
         cfg.backbone_batch,
         "features",
+        model::FEATURES,
+        model::FEATURE_DIM,
     )?;
     let flipped = if cfg.flip {
-        Some(features::features(
+        Some(features::cached_rows::<f32>(
             &engine,
             &cfg.preprocess,
             &paths,
@@ -189,6 +191,8 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
             model_key,
             cfg.backbone_batch,
             "flipped",
+            model::FEATURES,
+            model::FEATURE_DIM,
         )?)
     } else {
         None

@@ -21,7 +21,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::heads::{export_head, HeadConfig, HeadData, HeadSummary, Trained};
+use super::heads::{
+    class_weights, export_head, uniform, weighted_ce, HeadConfig, HeadData, HeadSummary, Trained,
+};
 use crate::data::{Sample, Split};
 use crate::engine::{Engine, Threads};
 use crate::error::{Error, Result};
@@ -171,17 +173,6 @@ fn gather(maps: &[f16], dim: usize, rows: &[usize], dev: &Device) -> candle_core
         v.extend(maps[r * dim..(r + 1) * dim].iter().map(|x| x.to_f32()));
     }
     Tensor::from_vec(v, (rows.len(), dim), dev)
-}
-
-/// Cross-entropy with a weight per row (0 for rows without a label of this head).
-fn weighted_ce(logits: &Tensor, y: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
-    let lsm = candle_nn::ops::log_softmax(logits, 1)?;
-    let picked = lsm.gather(&y.unsqueeze(1)?, 1)?.squeeze(1)?;
-    let total = weights.sum_all()?.to_scalar::<f32>()?;
-    if total <= 0.0 {
-        return picked.zeros_like()?.sum_all();
-    }
-    (picked * weights)?.sum_all()?.neg()? / f64::from(total)
 }
 
 /// Fine-tunes the tail together with the heads in `cfg.heads` (see the module docs); `None`
@@ -433,38 +424,23 @@ fn train_tail(
         .enumerate()
         .map(|(k, (_, l))| {
             let c = l.len();
-            let uniform = |rng: &mut StdRng, n: usize, fan_in: usize| -> Vec<f32> {
-                let bound = (1.0 / fan_in as f32).sqrt();
-                (0..n).map(|_| rng.random_range(-bound..bound)).collect()
-            };
-            // Class weights `count^-class_balance`, scaled to a mean of 1 over the photos.
             let mut counts = vec![0f64; c];
             for &r in data.train {
                 if let Ok(y) = usize::try_from(data.classes[r][k]) {
                     counts[y] += 1.0;
                 }
             }
-            let raw: Vec<f64> = counts
-                .iter()
-                .map(|&n| n.max(1.0).powf(-head_cfg.class_balance))
-                .collect();
-            let n: f64 = counts.iter().sum();
-            let norm = n / counts
-                .iter()
-                .zip(&raw)
-                .map(|(n, w)| n * w)
-                .sum::<f64>()
-                .max(1e-9);
+            let bound = |fan_in: usize| (1.0 / fan_in as f32).sqrt();
             Ok(HeadVars {
                 w1: Var::from_vec(
-                    uniform(&mut rng, h * FEATURE_DIM, FEATURE_DIM),
+                    uniform(&mut rng, h * FEATURE_DIM, bound(FEATURE_DIM)),
                     (h, FEATURE_DIM),
                     &dev,
                 )?,
                 b1: Var::zeros(h, DType::F32, &dev)?,
-                w2: Var::from_vec(uniform(&mut rng, c * h, h), (c, h), &dev)?,
+                w2: Var::from_vec(uniform(&mut rng, c * h, bound(h)), (c, h), &dev)?,
                 b2: Var::zeros(c, DType::F32, &dev)?,
-                class_w: raw.iter().map(|w| (w * norm) as f32).collect(),
+                class_w: class_weights(&counts, head_cfg.class_balance),
             })
         })
         .collect::<candle_core::Result<_>>()?;
@@ -664,26 +640,6 @@ mod tests {
     fn built_in() -> Vec<u8> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         std::fs::read(root.join("models/default.onnx")).unwrap()
-    }
-
-    #[test]
-    fn weighted_cross_entropy_matches_a_hand_computation() {
-        let dev = Device::Cpu;
-        // Softmax of [0, ln 3] is [1/4, 3/4]. Row 0 (label 1, weight 2): -ln(3/4); row 1
-        // (label 0, weight 1): -ln(1/4); row 2 has no label (weight 0).
-        let logits =
-            Tensor::new(&[[0f32, 3f32.ln()], [0.0, 3f32.ln()], [5.0, -5.0]], &dev).unwrap();
-        let y = Tensor::new(&[1u32, 0, 1], &dev).unwrap();
-        let w = Tensor::new(&[2f32, 1.0, 0.0], &dev).unwrap();
-        let loss: f32 = weighted_ce(&logits, &y, &w).unwrap().to_scalar().unwrap();
-        let want = (2.0 * (4f32 / 3.0).ln() + 4f32.ln()) / 3.0;
-        assert!((loss - want).abs() < 1e-6, "{loss} against {want}");
-        let none = Tensor::new(&[0f32, 0.0, 0.0], &dev).unwrap();
-        let loss: f32 = weighted_ce(&logits, &y, &none)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert_eq!(loss, 0.0);
     }
 
     /// The tuned copy in the ONNX graph computes what the trainer's candle code computes, and
