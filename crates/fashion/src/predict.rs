@@ -403,24 +403,10 @@ impl Classifier {
                 confidence: f.confidence,
             },
             Some(f) => {
-                // The family's swatches together: one shade split over two swatches (gold
-                // and yellow, brown and taupe) is named from its mean, not from whichever half
-                // is larger, which a small change of framing or compression can swap.
-                let mean = colour::family_mean(&palette, &f.label)
-                    .and_then(|(lab, _)| Some((lab, self.vocabulary.name_in(lab, &f.label)?)));
-                let (name, hex) = match mean {
-                    Some((lab, c)) => (
-                        c.name.clone(),
-                        colour::lab::hex(colour::lab::lab_to_srgb(lab)),
-                    ),
-                    None => self
-                        .vocabulary
-                        .colours
-                        .iter()
-                        .find(|c| c.family == f.label)
-                        .map(|c| (c.name.clone(), colour::lab::hex(c.rgb)))
-                        .unwrap_or_else(|| (f.label.clone(), String::new())),
-                };
+                let (name, hex) = self
+                    .vocabulary
+                    .shade_of(&palette, &f.label)
+                    .unwrap_or_else(|| (f.label.clone(), String::new()));
                 PrimaryColour {
                     name,
                     family: f.label,

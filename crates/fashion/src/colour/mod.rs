@@ -86,6 +86,23 @@ impl Vocabulary {
     pub fn name_in(&self, lab: Lab, family: &str) -> Option<&NamedColour> {
         closest(self.colours.iter().filter(|c| c.family == family), lab)
     }
+
+    /// The name and hex of the primary colour of a garment whose family is `family`, from its
+    /// palette (sorted by share): the family's largest swatch. A mean of the family's swatches
+    /// would name a colour the garment may not have, and lands on a naming boundary more
+    /// often. With no swatch of that family (the colour head calls a shirt white that the
+    /// photo shows light grey), the family's colour closest to the largest swatch. `None` when
+    /// the vocabulary has no colour of that family.
+    pub fn shade_of(&self, palette: &[Swatch], family: &str) -> Option<(String, String)> {
+        if let Some(s) = palette.iter().find(|s| s.family == family) {
+            return Some((s.name.clone(), s.hex.clone()));
+        }
+        palette
+            .first()
+            .and_then(|s| self.name_in(s.lab, family))
+            .or_else(|| self.colours.iter().find(|c| c.family == family))
+            .map(|c| (c.name.clone(), lab::hex(c.rgb)))
+    }
 }
 
 fn closest<'a>(
@@ -93,20 +110,6 @@ fn closest<'a>(
     lab: Lab,
 ) -> Option<&'a NamedColour> {
     colours.min_by(|a, b| ciede2000(a.lab, lab).total_cmp(&ciede2000(b.lab, lab)))
-}
-
-/// The share-weighted mean colour of the swatches of one family, and their total share
-/// (`None` when the palette has none of that family).
-pub fn family_mean(palette: &[Swatch], family: &str) -> Option<(Lab, f32)> {
-    let mut sum = [0f32; 3];
-    let mut share = 0f32;
-    for s in palette.iter().filter(|s| s.family == family) {
-        for (t, v) in sum.iter_mut().zip(s.lab) {
-            *t += v * s.share;
-        }
-        share += s.share;
-    }
-    (share > 0.0).then(|| (sum.map(|v| v / share), share))
 }
 
 /// One colour of a palette.
@@ -436,27 +439,36 @@ mod tests {
     }
 
     #[test]
-    fn family_mean_weighs_the_familys_swatches_by_share() {
-        let sw = |family: &str, lab: Lab, share: f32| Swatch {
-            name: String::new(),
+    fn shade_of_names_the_familys_largest_swatch() {
+        let v = Vocabulary::default();
+        let sw = |name: &str, family: &str, rgb: [u8; 3], share: f32| Swatch {
+            name: name.into(),
             family: family.into(),
-            hex: String::new(),
+            hex: lab::hex(rgb),
             share,
-            lab,
+            lab: srgb_to_lab(rgb),
         };
+        // Sorted by share, as `palette` returns it: white first, then two blues.
         let palette = [
-            sw("yellow", [80.0, 0.0, 60.0], 0.48),
-            sw("white", [95.0, 0.0, 0.0], 0.11),
-            sw("yellow", [70.0, 4.0, 50.0], 0.16),
+            sw("white", "white", [250, 250, 250], 0.5),
+            sw("navy", "blue", [31, 42, 68], 0.3),
+            sw("royal blue", "blue", [40, 70, 160], 0.2),
         ];
-        let (lab, share) = family_mean(&palette, "yellow").unwrap();
-        assert!((share - 0.64).abs() < 1e-6);
-        // Lightness (80 * 0.48 + 70 * 0.16) / 0.64 = 77.5; a and b the same way.
-        let want = [77.5, 4.0 * 0.16 / 0.64, (60.0 * 0.48 + 50.0 * 0.16) / 0.64];
-        for (g, w) in lab.iter().zip(want) {
-            assert!((g - w).abs() < 1e-4, "{lab:?} vs {want:?}");
-        }
-        assert!(family_mean(&palette, "red").is_none());
+        assert_eq!(
+            v.shade_of(&palette, "blue"),
+            Some(("navy".to_string(), lab::hex([31, 42, 68])))
+        );
+        // No black swatch: black's colour closest to the largest swatch, with its own hex.
+        let (name, hex) = v.shade_of(&palette, "black").unwrap();
+        let black = v.colours.iter().find(|c| c.name == name).unwrap();
+        assert_eq!((black.family.as_str(), hex), ("black", lab::hex(black.rgb)));
+        let light_grey = [sw("light grey", "grey", [215, 215, 215], 1.0)];
+        let closest = v.name_in(srgb_to_lab([215, 215, 215]), "white").unwrap();
+        assert_eq!(v.shade_of(&light_grey, "white").unwrap().0, closest.name);
+        // An empty palette: the family's first colour; an unknown family: nothing.
+        let first = v.colours.iter().find(|c| c.family == "red").unwrap();
+        assert_eq!(v.shade_of(&[], "red").unwrap().0, first.name);
+        assert_eq!(v.shade_of(&palette, "no such family"), None);
     }
 
     #[test]
