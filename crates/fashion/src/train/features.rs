@@ -1,10 +1,12 @@
 //! The on-disk feature cache: the frozen backbone runs once per (photo, augmentation), and one
 //! of its outputs (the pooled features, or a feature map) is appended to a file as each batch
 //! finishes, so a killed run resumes where it stopped. A photo that fails to decode gets a row
-//! of NaN and is left out of training.
+//! of NaN and is left out of training. Training reads the file back memory-mapped, so a cache
+//! larger than memory (feature maps of a large catalogue) is paged in as batches need it.
 
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use ndarray::Array4;
@@ -16,40 +18,38 @@ use crate::hash::fnv1a;
 use crate::model::FEATURES;
 use crate::preprocess::Preprocess;
 
-/// How a cached value is stored: float32, or float16 for the large feature maps.
-pub trait Stored: Copy + Send + Sync {
-    const BYTES: usize;
+/// How a cached value is stored: float32, or float16 for the large feature maps; in the
+/// machine's own byte order (the cache is read back by mapping the file into memory).
+pub trait Stored: bytemuck::Pod + Send + Sync {
     const NAN: Self;
     fn from_f32(v: f32) -> Self;
-    fn write(self, out: &mut Vec<u8>);
-    fn read(b: &[u8]) -> Self;
 }
 
 impl Stored for f32 {
-    const BYTES: usize = 4;
     const NAN: f32 = f32::NAN;
     fn from_f32(v: f32) -> f32 {
         v
     }
-    fn write(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn read(b: &[u8]) -> f32 {
-        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
 }
 
 impl Stored for half::f16 {
-    const BYTES: usize = 2;
     const NAN: half::f16 = half::f16::NAN;
     fn from_f32(v: f32) -> half::f16 {
         half::f16::from_f32(v)
     }
-    fn write(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn read(b: &[u8]) -> half::f16 {
-        half::f16::from_le_bytes([b[0], b[1]])
+}
+
+/// The rows of a finished cache file, mapped into memory: `rows[photo * dim + i]`.
+pub struct Rows<T> {
+    map: Option<memmap2::Mmap>,
+    _values: std::marker::PhantomData<T>,
+}
+
+impl<T: Stored> Deref for Rows<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // A mapping starts on a page boundary, so it is aligned for any `T`.
+        self.map.as_deref().map_or(&[], bytemuck::cast_slice)
     }
 }
 
@@ -68,19 +68,19 @@ pub fn cached_rows<T: Stored>(
     label: &str,
     output: &str,
     dim: usize,
-) -> Result<Vec<T>> {
+) -> Result<Rows<T>> {
     let mut key = fnv1a(model_key, &[u8::from(flip)]);
     if output != FEATURES {
         key = fnv1a(key, output.as_bytes());
-        key = fnv1a(key, &(T::BYTES as u64).to_le_bytes());
+        key = fnv1a(key, &(size_of::<T>() as u64).to_le_bytes());
     }
     for p in paths {
         key = fnv1a(key, p.to_string_lossy().as_bytes());
         key = fnv1a(key, b"\n");
     }
     std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-    let file = cache_dir.join(format!("features-{key:016x}.f{}", T::BYTES * 8));
-    let row_bytes = dim * T::BYTES;
+    let file = cache_dir.join(format!("features-{key:016x}.f{}", size_of::<T>() * 8));
+    let row_bytes = dim * size_of::<T>();
     let mut f = OpenOptions::new()
         .create(true)
         .read(true)
@@ -134,21 +134,118 @@ pub fn cached_rows<T: Stored>(
         for (i, good) in ok.iter().enumerate() {
             for &v in &feats[i * dim..(i + 1) * dim] {
                 let v = if *good { T::from_f32(v) } else { T::NAN };
-                v.write(&mut bytes);
+                bytes.extend_from_slice(bytemuck::bytes_of(&v));
             }
         }
         f.write_all(&bytes).map_err(|e| Error::io(&file, e))?;
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let mut bytes = Vec::with_capacity(paths.len() * row_bytes);
-    let mut f = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
-    f.read_to_end(&mut bytes).map_err(|e| Error::io(&file, e))?;
-    if bytes.len() != paths.len() * row_bytes {
+    drop(f);
+    let f = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
+    let len = f.metadata().map_err(|e| Error::io(&file, e))?.len() as usize;
+    if len != paths.len() * row_bytes {
         return Err(Error::bad_data(
             &file,
             "feature cache has the wrong size; delete it",
         ));
     }
-    Ok(bytes.chunks_exact(T::BYTES).map(T::read).collect())
+    // SAFETY: the mapping is read only; the file is this cache's own, complete and no longer
+    // written (a run with the same key finds it complete and only reads it too).
+    let map = (len > 0)
+        .then(|| unsafe { memmap2::Mmap::map(&f) })
+        .transpose()
+        .map_err(|e| Error::io(&file, e))?;
+    Ok(Rows {
+        map,
+        _values: std::marker::PhantomData,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Threads;
+    use crate::model::{Model, FEATURE_DIM};
+
+    /// The model's `features` for one photo, run alone (not through the cache).
+    fn direct(model: &Model, path: &Path, flip: bool) -> Vec<f32> {
+        let pre = &model.info.preprocess;
+        let s = pre.crop as usize;
+        let mut input = vec![0f32; pre.tensor_len()];
+        let img = pre.load(path, crate::image::DEFAULT_MAX_PIXELS).unwrap();
+        pre.write_tensor(&img, flip, &mut input);
+        let input = Array4::from_shape_vec((1, 3, s, s), input).unwrap();
+        let out = model.engine.run(input.view(), &[FEATURES]).unwrap();
+        out[0].iter().copied().collect()
+    }
+
+    #[test]
+    fn cache_reads_back_the_models_rows_and_resumes_after_a_cut() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let model = Model::load(&root.join("models/default.onnx"), Threads::single(1)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("not-a-photo.jpg");
+        std::fs::write(&bad, b"plain text").unwrap();
+        let samples = root.join("samples");
+        let paths = vec![
+            samples.join("tee-navy.jpg"),
+            bad,
+            samples.join("dress-red.jpg"),
+            samples.join("jeans-denim.png"),
+        ];
+        let cache = dir.path().join("cache");
+        let run = |flip: bool| {
+            cached_rows::<half::f16>(
+                &model.engine,
+                &model.info.preprocess,
+                &paths,
+                flip,
+                &cache,
+                7,
+                2,
+                "test",
+                FEATURES,
+                FEATURE_DIM,
+            )
+            .unwrap()
+        };
+        let check = |rows: &[half::f16], flip: bool| {
+            assert_eq!(rows.len(), paths.len() * FEATURE_DIM);
+            for (i, p) in paths.iter().enumerate() {
+                let row = &rows[i * FEATURE_DIM..(i + 1) * FEATURE_DIM];
+                if i == 1 {
+                    assert!(row.iter().all(|v| v.is_nan()), "a bad photo's row is NaN");
+                    continue;
+                }
+                for (got, want) in row.iter().zip(direct(&model, p, flip)) {
+                    let err = (got.to_f32() - want).abs();
+                    assert!(err <= 2e-3 * want.abs().max(1.0), "{p:?}: {got} vs {want}");
+                }
+            }
+        };
+        let first = run(false);
+        check(&first, false);
+        // The mirror images are another file; they differ from the photos.
+        let flipped = run(true);
+        check(&flipped, true);
+        assert_ne!(&first[..FEATURE_DIM], &flipped[..FEATURE_DIM]);
+        drop((first, flipped));
+        // A run killed in the middle of its third row: the next run keeps the first two,
+        // computes the rest and gives the same rows.
+        let file = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::metadata(p).unwrap().len() > 0)
+            .unwrap();
+        let f = OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len((2 * FEATURE_DIM + 100) as u64 * 2).unwrap();
+        drop(f);
+        check(&run(false), false);
+        check(&run(true), true);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len(),
+            (paths.len() * FEATURE_DIM * 2) as u64
+        );
+    }
 }
