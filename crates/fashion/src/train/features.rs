@@ -150,8 +150,9 @@ pub fn cached_rows<T: Stored>(
             "feature cache has the wrong size; delete it",
         ));
     }
-    // SAFETY: the mapping is read only; the file is this cache's own, complete and no longer
-    // written (a run with the same key finds it complete and only reads it too).
+    // SAFETY: the mapping is read only, and the file is complete: a later run with the same
+    // key only reads it. Two runs filling one cache directory at the same time are not
+    // supported (one could cut the other's file short under its mapping).
     let map = (len > 0)
         .then(|| unsafe { memmap2::Mmap::map(&f) })
         .transpose()
