@@ -1,8 +1,9 @@
 //! A model is one ONNX file: the backbone, a pooling layer that turns its last feature map into
 //! one feature vector, and one small classifier per head (category, view, article type, colour
 //! family). Heads may instead read a fine-tuned copy of the backbone's last two convolutions
-//! ([`TunedLayers`]), run beside the original. Labels, preprocessing constants, calibration and a training summary travel in the
-//! file's `metadata_props` under the key [`METADATA_KEY`], as JSON ([`ModelInfo`]).
+//! ([`TunedLayers`]), run beside the original. Labels, preprocessing constants, calibration and
+//! a training summary travel in the file's `metadata_props` under the key [`METADATA_KEY`], as
+//! JSON ([`ModelInfo`]).
 
 use std::path::{Path, PathBuf};
 
@@ -98,6 +99,18 @@ pub struct HeadInfo {
     /// Whether the head reads [`TUNED_FEATURES`] instead of [`FEATURES`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tuned: bool,
+}
+
+impl HeadInfo {
+    /// The last feature map under what the head reads: [`TUNED_S32`] for a fine-tuned head,
+    /// else [`FEAT_S32`] (what heat maps of its answers are drawn from).
+    pub fn feature_map(&self) -> &'static str {
+        if self.tuned {
+            TUNED_S32
+        } else {
+            FEAT_S32
+        }
+    }
 }
 
 /// Everything a model file says about itself.
@@ -232,8 +245,8 @@ pub fn mask_feature_graph(backbone: &[u8], name: &Path) -> Result<Vec<u8>> {
 }
 
 /// The backbone (ONNX bytes) with one output, the input of its [`Tail`]: what fine-tuning
-/// caches. Also returns the tail.
-pub fn tail_graph(backbone: &[u8], name: &Path) -> Result<(Vec<u8>, Tail)> {
+/// caches. Also returns the tail and its weights as the backbone has them.
+pub fn tail_graph(backbone: &[u8], name: &Path) -> Result<(Vec<u8>, Tail, TunedLayers)> {
     let mut g = Graph::from_bytes(backbone, name)?;
     check_backbone(&g, name)?;
     let tail = Tail::of(&g).ok_or_else(|| {
@@ -242,8 +255,19 @@ pub fn tail_graph(backbone: &[u8], name: &Path) -> Result<(Vec<u8>, Tail)> {
             "cannot fine-tune this backbone: feat_s32 is not made by two 1x1 convolutions",
         )
     })?;
+    let get = |n: &str| {
+        g.initializer_f32(n)
+            .map(|(_, v)| v)
+            .ok_or_else(|| Error::bad_model(name, format!("no float initializer {n:?}")))
+    };
+    let initial = TunedLayers {
+        project_w: get(&tail.weights[0])?,
+        project_b: get(&tail.weights[1])?,
+        head_w: get(&tail.weights[2])?,
+        head_b: get(&tail.weights[3])?,
+    };
     g.set_outputs(&[(tail.input.as_str(), vec![tail.input_channels as i64, 7, 7])]);
-    Ok((g.to_bytes()?, tail))
+    Ok((g.to_bytes()?, tail, initial))
 }
 
 /// Adds the fine-tuned copy of the tail and [`TUNED_FEATURES`] to a graph.
@@ -483,10 +507,9 @@ impl Model {
     /// server drawing heat maps needs them. A model without a category head or the map it
     /// reads (`feat_s32`, or `tuned_s32` for a fine-tuned head) stays without.
     pub fn load_explainer(&mut self, bytes: &[u8]) -> Result<()> {
-        let map = match self.head("category") {
-            Some(h) if h.tuned => TUNED_S32,
-            _ => FEAT_S32,
-        };
+        let map = self
+            .head("category")
+            .map_or(FEAT_S32, HeadInfo::feature_map);
         if self.engine.output_names().iter().any(|o| o == map) {
             let g = Graph::from_bytes(bytes, &self.path)?;
             self.explainer = crate::explain::Explainer::from_graph(&g, "category");

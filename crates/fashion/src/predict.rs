@@ -337,13 +337,10 @@ impl Classifier {
             return Ok(Vec::new());
         }
         let input = self.input_batch(photos)?;
-        // The map the category head reads: the fine-tuned one if it was fine-tuned for.
-        let map = if head.tuned {
-            crate::model::TUNED_S32
-        } else {
-            crate::model::FEAT_S32
-        };
-        let out = self.model.engine.run(input.view(), &[map, "category"])?;
+        let out = self
+            .model
+            .engine
+            .run(input.view(), &[head.feature_map(), "category"])?;
         let feats = out[0]
             .view()
             .into_dimensionality::<ndarray::Ix4>()

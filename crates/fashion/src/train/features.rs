@@ -141,8 +141,6 @@ pub fn cached_rows<T: Stored>(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    drop(f);
-    let f = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
     let len = f.metadata().map_err(|e| Error::io(&file, e))?.len() as usize;
     if len != paths.len() * row_bytes {
         return Err(Error::bad_data(

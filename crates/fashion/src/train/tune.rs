@@ -1,6 +1,6 @@
 //! Fine-tuning the backbone's tail for the heads that frozen ImageNet features serve worst
 //! (In-shop category and view): the last block's 1x1 projection and the head convolution
-//! ([`Tail`]) are trained together with those heads (the same two-layer classifiers as the
+//! ([`model::Tail`]) are trained together with those heads (the same two-layer classifiers as the
 //! others, on the tail's pooled output) on the cached input of the tail (the last block's
 //! depthwise output, float16). The heads are exported as trained, then calibrated on the
 //! validation split. The tuned copy of the tail runs beside the original in the model, so the
@@ -28,8 +28,7 @@ use crate::data::{Sample, Split};
 use crate::engine::{Engine, Threads};
 use crate::error::{Error, Result};
 use crate::hash::fnv1a;
-use crate::model::{self, HeadWeights, Tail, TunedLayers, FEATURE_DIM};
-use crate::onnx::Graph;
+use crate::model::{self, HeadWeights, TunedLayers, FEATURE_DIM};
 use crate::preprocess::Preprocess;
 
 /// Hyper-parameters of the fine-tuning.
@@ -201,8 +200,7 @@ pub fn tune(job: &TuneJob, cfg: &TuneConfig, heads: &HeadConfig) -> Result<Optio
     if subset.is_empty() {
         return Ok(None);
     }
-    let (graph, tail) = model::tail_graph(job.backbone, job.backbone_path)?;
-    let initial = initial_layers(job.backbone, job.backbone_path, &tail)?;
+    let (graph, tail, initial) = model::tail_graph(job.backbone, job.backbone_path)?;
     let dim = tail.input_channels * 49;
     let engine = Engine::from_bytes(&graph, job.backbone_path, Threads::single(job.threads))?;
     let paths: Vec<PathBuf> = subset
@@ -333,22 +331,6 @@ pub fn tune(job: &TuneJob, cfg: &TuneConfig, heads: &HeadConfig) -> Result<Optio
         heads: exported,
         summary,
     }))
-}
-
-/// The tail's weights as the backbone has them.
-fn initial_layers(backbone: &[u8], name: &Path, tail: &Tail) -> Result<TunedLayers> {
-    let g = Graph::from_bytes(backbone, name)?;
-    let get = |n: &str| {
-        g.initializer_f32(n)
-            .map(|(_, v)| v)
-            .ok_or_else(|| Error::bad_model(name, format!("no float initializer {n:?}")))
-    };
-    Ok(TunedLayers {
-        project_w: get(&tail.weights[0])?,
-        project_b: get(&tail.weights[1])?,
-        head_w: get(&tail.weights[2])?,
-        head_b: get(&tail.weights[3])?,
-    })
 }
 
 struct Data<'a> {
@@ -648,9 +630,8 @@ mod tests {
     fn tuned_layers_in_the_model_match_the_trainer() {
         let bytes = built_in();
         let name = Path::new("default.onnx");
-        let (tail_graph, tail) = model::tail_graph(&bytes, name).unwrap();
+        let (tail_graph, tail, initial) = model::tail_graph(&bytes, name).unwrap();
         assert_eq!((tail.input_channels, tail.project_channels), (1152, 320));
-        let initial = initial_layers(&bytes, name, &tail).unwrap();
         let mut changed = initial.clone();
         let mut rng = StdRng::seed_from_u64(7);
         for v in changed.project_w.iter_mut().chain(&mut changed.head_w) {
