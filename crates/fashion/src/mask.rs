@@ -277,6 +277,87 @@ impl MaskScore {
     }
 }
 
+/// Largest CIEDE2000 difference from the background colour (the median of the border pixels)
+/// at which a pixel still counts as background in [`product_foreground`].
+const PLAIN_DELTA: f32 = 3.0;
+
+/// The foreground of a product shot: a photo of the product alone on a plain background, as
+/// catalogues photograph flat lays, footwear and bags. Background is every pixel within
+/// [`PLAIN_DELTA`] of the border's median colour that connects to the border through such
+/// pixels; the rest is the product, holes included, so a white shirt on white stays whole
+/// where its outline or shading closes it off. `None` when the photo is not such a shot: the
+/// border is not plain (something runs off the edge, as a model does), the foreground is too
+/// small or too large to be one product, or a visible share of it is skin (a model).
+///
+/// `fashion train` learns the garment mask from these foregrounds as well as from human-parsing
+/// masks, which show only worn garments.
+pub fn product_foreground(img: &RgbImage) -> Option<Vec<bool>> {
+    use crate::colour::lab::{ciede2000, srgb_to_lab};
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w < 8 || h < 8 {
+        return None;
+    }
+    let labs: Vec<_> = img.pixels().map(|p| srgb_to_lab(p.0)).collect();
+    let on_border = |i: usize| {
+        let (x, y) = (i % w, i / w);
+        x < 2 || y < 2 || x >= w - 2 || y >= h - 2
+    };
+    let ring: Vec<usize> = (0..w * h).filter(|&i| on_border(i)).collect();
+    let median = |k: usize| {
+        let mut v: Vec<f32> = ring.iter().map(|&i| labs[i][k]).collect();
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    let bg = [median(0), median(1), median(2)];
+    let plain: Vec<bool> = labs
+        .iter()
+        .map(|l| ciede2000(*l, bg) <= PLAIN_DELTA)
+        .collect();
+    if ring.iter().filter(|&&i| !plain[i]).count() * 50 > ring.len() {
+        return None;
+    }
+    // Flood fill from the border through plain pixels (4-connected). Written out: a breadth-
+    // first walk is all it takes, where an image-processing crate would add a heavy dependency.
+    let mut background = vec![false; w * h];
+    let mut queue: Vec<usize> = ring.into_iter().filter(|&i| plain[i]).collect();
+    for &i in &queue {
+        background[i] = true;
+    }
+    while let Some(i) = queue.pop() {
+        let (x, y) = (i % w, i / w);
+        let mut visit = |j: usize| {
+            if plain[j] && !background[j] {
+                background[j] = true;
+                queue.push(j);
+            }
+        };
+        if x > 0 {
+            visit(i - 1);
+        }
+        if x + 1 < w {
+            visit(i + 1);
+        }
+        if y > 0 {
+            visit(i - w);
+        }
+        if y + 1 < h {
+            visit(i + w);
+        }
+    }
+    let fg: Vec<bool> = background.iter().map(|b| !b).collect();
+    let n_fg = fg.iter().filter(|f| **f).count();
+    let n_skin = fg
+        .iter()
+        .zip(&labs)
+        .filter(|(f, l)| **f && crate::colour::is_skin(**l))
+        .count();
+    let share = n_fg as f32 / (w * h) as f32;
+    if !(0.03..=0.9).contains(&share) || n_skin * 20 > n_fg {
+        return None;
+    }
+    Some(fg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +405,65 @@ mod tests {
         // The same as a 4x4 boolean mask: columns 0..3 garment cover 21 of 28 plane columns.
         let mask: Vec<bool> = (0..16).map(|i| i % 4 < 3).collect();
         assert_eq!(MaskScore::of_mask(&mask, 4, 4, &planes), s);
+    }
+
+    #[test]
+    fn product_foreground_keeps_a_white_shirt_on_white_whole() {
+        // A white square (the shirt) on a white background, closed off by a grey outline, with
+        // a dark print inside and a white patch the flood must not reach.
+        let img = RgbImage::from_fn(64, 64, |x, y| {
+            let inside = (16..48).contains(&x) && (16..48).contains(&y);
+            let outline = inside && (x == 16 || x == 47 || y == 16 || y == 47);
+            let print = (28..36).contains(&x) && (28..36).contains(&y);
+            image::Rgb(if outline {
+                [200, 200, 200]
+            } else if print {
+                [20, 20, 120]
+            } else {
+                [255, 255, 255]
+            })
+        });
+        let fg = product_foreground(&img).expect("a product shot");
+        let at = |x: usize, y: usize| fg[y * 64 + x];
+        assert!(at(20, 20) && at(30, 30) && at(16, 16) && at(47, 47));
+        assert!(!at(0, 0) && !at(10, 40) && !at(50, 50) && !at(15, 30));
+        assert_eq!(fg.iter().filter(|f| **f).count(), 32 * 32);
+    }
+
+    #[test]
+    fn product_foreground_refuses_other_shots() {
+        let plain = |x: u32, y: u32, rgb| {
+            let inside = (16..48).contains(&x) && (16..48).contains(&y);
+            image::Rgb(if inside { rgb } else { [250, 250, 250] })
+        };
+        // A blue product: accepted.
+        assert!(product_foreground(&RgbImage::from_fn(64, 64, |x, y| plain(
+            x,
+            y,
+            [30, 60, 200]
+        )))
+        .is_some());
+        // Something runs off the bottom edge (a model's legs).
+        let off_edge = RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb(if (24..40).contains(&x) && y >= 16 {
+                [30, 60, 200]
+            } else {
+                [250, 250, 250]
+            })
+        });
+        assert!(product_foreground(&off_edge).is_none());
+        // Skin-coloured foreground (a model standing clear of the edges).
+        assert!(product_foreground(&RgbImage::from_fn(64, 64, |x, y| plain(
+            x,
+            y,
+            [224, 172, 140]
+        )))
+        .is_none());
+        // Nothing on the background, or a background that is not plain.
+        assert!(product_foreground(&RgbImage::from_pixel(64, 64, image::Rgb([250; 3]))).is_none());
+        let noise = RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([((x * 37 + y * 91) % 256) as u8; 3])
+        });
+        assert!(product_foreground(&noise).is_none());
     }
 }

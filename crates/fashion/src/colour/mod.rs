@@ -266,7 +266,7 @@ fn lab_and_mask(img: &RgbImage) -> (Vec<Lab>, Vec<bool>) {
 }
 
 /// A rough skin-tone test in CIELAB (hue 20-70 degrees, moderate chroma, mid lightness).
-fn is_skin(l: Lab) -> bool {
+pub(crate) fn is_skin(l: Lab) -> bool {
     let chroma = l[1].hypot(l[2]);
     let hue = l[2].atan2(l[1]).to_degrees();
     (30.0..=85.0).contains(&l[0]) && (10.0..=45.0).contains(&chroma) && (20.0..=70.0).contains(&hue)

@@ -1,8 +1,10 @@
-//! Training the garment mask head ([`crate::mask`]) on human-parsing masks: the frozen backbone
-//! runs once over every photo that has a mask (and its mirror image), its three feature maps are
-//! kept in memory as float16 (channels last), and the head is trained with AdamW on the
-//! per-cell share of garment pixels (binary cross-entropy with soft targets). The finished head
-//! is kept in the cache, so a repeated run reuses it.
+//! Training the garment mask head ([`crate::mask`]) on human-parsing masks and product shots:
+//! the frozen backbone runs once over every photo that has a mask or is a product shot (and its
+//! mirror image), its three feature maps are kept in memory as float16 (channels last), and the
+//! head is trained with AdamW on the per-cell share of garment pixels (binary cross-entropy
+//! with soft targets; a product shot's garment is its foreground, see
+//! [`crate::mask::product_foreground`]). The finished head is kept in the cache, so a repeated
+//! run reuses it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::hash::{fnv1a, START};
-use crate::mask::{interp_matrix, parsing_crop, MaskWeights, MASK_INPUTS, MASK_SIDE};
+use crate::mask::{
+    interp_matrix, parsing_crop, product_foreground, MaskWeights, MASK_INPUTS, MASK_SIDE,
+};
 use crate::preprocess::Preprocess;
 
 /// Hyper-parameters of the garment mask head.
@@ -36,8 +40,13 @@ pub struct MaskConfig {
     pub weight_decay: f64,
     /// Also train on mirrored photos.
     pub flip: bool,
-    /// Use at most this many training photos (0: all); each costs about 230 KB of memory.
+    /// Use at most this many training photos with a parsing mask (0: all); each costs about
+    /// 230 KB of memory.
     pub max_photos: usize,
+    /// Also learn from at most this many product shots among the training photos without a
+    /// parsing mask (a product alone on a plain background, its foreground as the target; see
+    /// [`crate::mask::product_foreground`]); 0: none.
+    pub product_shots: usize,
 }
 
 impl Default for MaskConfig {
@@ -51,6 +60,7 @@ impl Default for MaskConfig {
             weight_decay: 1e-4,
             flip: true,
             max_photos: 0,
+            product_shots: 3000,
         }
     }
 }
@@ -62,14 +72,17 @@ pub struct MaskSummary {
     pub hidden: usize,
     pub train_photos: usize,
     pub val_photos: usize,
+    /// Training photos that are product shots (the rest have parsing masks).
+    #[serde(default)]
+    pub product_shots: usize,
     pub val_grid_iou: f64,
     pub seconds: f64,
 }
 
-/// A photo and its parsing mask.
+/// A photo and its parsing mask; without one, a training photo that may be a product shot.
 pub struct MaskSample {
     pub photo: PathBuf,
-    pub mask: PathBuf,
+    pub mask: Option<PathBuf>,
     pub train: bool,
 }
 
@@ -102,7 +115,7 @@ pub fn train_mask(
     key = fnv1a(key, &seed.to_le_bytes());
     for s in samples {
         key = fnv1a(key, s.photo.to_string_lossy().as_bytes());
-        key = fnv1a(key, &[u8::from(s.train)]);
+        key = fnv1a(key, &[u8::from(s.train), u8::from(s.mask.is_some())]);
     }
     let ckpt = cache_dir.join(format!("mask-{key:016x}.safetensors"));
     if let Ok(found) = load_checkpoint(&ckpt) {
@@ -114,12 +127,26 @@ pub fn train_mask(
     }
     let start = std::time::Instant::now();
     let mut rng = StdRng::seed_from_u64(fnv1a(seed, b"mask"));
-    let mut train: Vec<&MaskSample> = samples.iter().filter(|s| s.train).collect();
+    let mut train: Vec<&MaskSample> = samples
+        .iter()
+        .filter(|s| s.train && s.mask.is_some())
+        .collect();
     train.shuffle(&mut rng);
     if cfg.max_photos > 0 {
         train.truncate(cfg.max_photos);
     }
-    let val: Vec<&MaskSample> = samples.iter().filter(|s| !s.train).collect();
+    let mut candidates: Vec<&MaskSample> = samples
+        .iter()
+        .filter(|s| s.train && s.mask.is_none())
+        .collect();
+    candidates.shuffle(&mut rng);
+    let shots = product_shots(pre, &candidates, cfg.product_shots);
+    let product_shots = shots.len();
+    train.extend(shots);
+    let val: Vec<&MaskSample> = samples
+        .iter()
+        .filter(|s| !s.train && s.mask.is_some())
+        .collect();
     let mut tr = extract(engine, pre, &train, false, backbone_batch, "mask")?;
     if cfg.flip {
         let f = extract(engine, pre, &train, true, backbone_batch, "mask flipped")?;
@@ -210,6 +237,7 @@ pub fn train_mask(
         hidden: h,
         train_photos: tr.n,
         val_photos: va.n,
+        product_shots,
         val_grid_iou: if union == 0 {
             0.0
         } else {
@@ -342,8 +370,44 @@ fn extract(
     Ok(data)
 }
 
-/// A photo's input tensor and its 28x28 garment shares.
-fn load_pair(pre: &Preprocess, m: &MaskSample, flip: bool) -> Result<(Vec<f32>, Vec<f32>)> {
+/// The first `limit` photos of `candidates` that are product shots, found in parallel.
+fn product_shots<'a>(
+    pre: &Preprocess,
+    candidates: &[&'a MaskSample],
+    limit: usize,
+) -> Vec<&'a MaskSample> {
+    if limit == 0 || candidates.is_empty() {
+        return Vec::new();
+    }
+    let bar = super::photo_bar(candidates.len(), "product shots");
+    let mut found = Vec::new();
+    for chunk in candidates.chunks(256) {
+        let keep: Vec<bool> = chunk
+            .par_iter()
+            .map(|m| {
+                load_crop(pre, m)
+                    .map(|(crop, _)| product_foreground(&crop).is_some())
+                    .unwrap_or(false)
+            })
+            .collect();
+        found.extend(chunk.iter().zip(keep).filter_map(|(m, k)| k.then_some(*m)));
+        bar.inc(chunk.len() as u64);
+        if found.len() >= limit {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    found.truncate(limit);
+    eprintln!(
+        "{:>14}: {} product shots among the training photos without a parsing mask",
+        "mask",
+        found.len()
+    );
+    found
+}
+
+/// A photo resized and cropped to the model's square, and the photo's width and height.
+fn load_crop(pre: &Preprocess, m: &MaskSample) -> Result<(image::RgbImage, (u32, u32))> {
     let photo = crate::image::load(
         &m.photo,
         &crate::image::DecodeOptions {
@@ -351,8 +415,25 @@ fn load_pair(pre: &Preprocess, m: &MaskSample, flip: bool) -> Result<(Vec<f32>, 
             min_shorter_side: pre.resize_shorter,
         },
     )?;
-    let planes = parsing_crop(pre, &m.mask, photo.dimensions())?;
-    let crop = pre.resize_and_crop(&photo)?;
+    Ok((pre.resize_and_crop(&photo)?, photo.dimensions()))
+}
+
+/// A photo's input tensor and its 28x28 garment shares: from its parsing mask, or else from its
+/// foreground as a product shot.
+fn load_pair(pre: &Preprocess, m: &MaskSample, flip: bool) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (crop, size) = load_crop(pre, m)?;
+    let planes = match &m.mask {
+        Some(mask) => parsing_crop(pre, mask, size)?,
+        None => {
+            let fg = product_foreground(&crop).ok_or_else(|| {
+                Error::bad_data(&m.photo, "not a product shot on a plain background")
+            })?;
+            let w = crop.width();
+            image::RgbImage::from_fn(crop.width(), crop.height(), |x, y| {
+                image::Rgb([if fg[(y * w + x) as usize] { 255 } else { 0 }, 0, 0])
+            })
+        }
+    };
     let mut t = vec![0f32; pre.tensor_len()];
     pre.write_tensor(&crop, flip, &mut t);
     Ok((t, grid_shares(&planes, flip)))

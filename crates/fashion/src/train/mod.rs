@@ -293,18 +293,19 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
             "no head to train: the datasets carry no labels with at least two classes".into(),
         ));
     }
+    // Photos with a parsing mask, and the training photos without one (the product shots among
+    // them are found when the mask is trained).
     let mask_samples: Vec<mask::MaskSample> = samples
         .iter()
-        .filter_map(|s| {
-            s.mask.as_ref().map(|m| mask::MaskSample {
-                photo: s.path.clone(),
-                mask: m.clone(),
-                train: s.split == Split::Train,
-            })
+        .filter(|s| s.mask.is_some() || s.split == Split::Train)
+        .map(|s| mask::MaskSample {
+            photo: s.path.clone(),
+            mask: s.mask.clone(),
+            train: s.split == Split::Train,
         })
         .collect();
     let mut mask_weights = None;
-    if cfg.mask.enabled && mask_samples.iter().any(|m| m.train) {
+    if cfg.mask.enabled && mask_samples.iter().any(|m| m.train && m.mask.is_some()) {
         let graph = model::mask_feature_graph(&backbone_bytes, job.backbone)?;
         let engine = Engine::from_bytes(&graph, job.backbone, Threads::single(cfg.threads))?;
         let (w, summary) = mask::train_mask(
