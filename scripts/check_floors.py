@@ -33,6 +33,7 @@ values = {
     "fpi_apparel_colour_family_top1": fpi["colour_family"]["accuracy"],
     "inshop_mask_mean_iou": inshop["mask"]["learned"]["mean_iou"],
     "inshop_mask_on_skin_or_background": inshop["mask"]["learned"]["leak"],
+    "fpi_apparel_product_shot_mask_mean_iou": fpi["product_shots"]["learned"]["mean_iou"],
     "fullres_apparel_same_primary_colour": consistency["same_name"],
     "inshop_unpadded_category_top1": unpadded["category"]["accuracy"],
     "inshop_unpadded_view_top1": unpadded["view"]["accuracy"],

@@ -705,6 +705,54 @@ mod tests {
         }
     }
 
+    /// A training photo without a parsing mask is learned from as a product shot: its target is
+    /// the product's outline on the grid (mirrored with the photo); a photo that is not a
+    /// product shot is refused, and only product shots are picked as such.
+    #[test]
+    fn product_shots_are_learned_from_their_outline() {
+        let dir = tempfile::tempdir().unwrap();
+        let draw = |name: &str, bottom: u32| {
+            let path = dir.path().join(name);
+            // 256x256, centre crop 224 (offset 16): the block covers crop columns 48..112 and
+            // rows 32..176, grid columns 6..14 and rows 4..22.
+            image::RgbImage::from_fn(256, 256, |x, y| {
+                let inside = (64..128).contains(&x) && (48..bottom).contains(&y);
+                image::Rgb(if inside {
+                    [30, 90, 40]
+                } else {
+                    [248, 248, 248]
+                })
+            })
+            .save(&path)
+            .unwrap();
+            MaskSample {
+                photo: path,
+                mask: None,
+                train: true,
+            }
+        };
+        let shot = draw("shot.png", 192);
+        let worn = draw("worn.png", 256);
+        let pre = Preprocess::default();
+        let inside = |x: usize, y: usize| (6..14).contains(&x) && (4..22).contains(&y);
+        for flip in [false, true] {
+            let (_, target) = load_pair(&pre, &shot, flip).unwrap();
+            for (cell, t) in target.iter().enumerate() {
+                let (x, y) = (cell % MASK_SIDE, cell / MASK_SIDE);
+                let x = if flip { MASK_SIDE - 1 - x } else { x };
+                assert_eq!(
+                    *t,
+                    f32::from(u8::from(inside(x, y))),
+                    "cell {x},{y} flip {flip}"
+                );
+            }
+        }
+        assert!(load_pair(&pre, &worn, false).is_err());
+        let found = product_shots(&pre, &[&worn, &shot], 5);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].photo, shot.photo);
+    }
+
     #[test]
     fn grid_shares_average_each_cell_and_mirror() {
         // Garment on the left quarter of a 56x56 crop: grid columns 0..7 are garment.
