@@ -79,8 +79,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mask: Option<MaskReport>,
     /// Garment masks of the photos without a parsing mask that are product shots, against the
-    /// product's outline ([`crate::mask::product_foreground`]); "on skin or background" is on
-    /// the background there.
+    /// product's outline ([`crate::mask::product_foreground`]); `leak` is the share of garment
+    /// pixels on the background there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub product_shots: Option<MaskReport>,
 }

@@ -316,8 +316,9 @@ pub fn product_foreground(img: &RgbImage) -> Option<Vec<bool>> {
     if ring.iter().filter(|&&i| !plain[i]).count() * 50 > ring.len() {
         return None;
     }
-    // Flood fill from the border through plain pixels (4-connected). Written out: a breadth-
-    // first walk is all it takes, where an image-processing crate would add a heavy dependency.
+    // Flood fill from the border through plain pixels (4-connected). Written out: a walk with a
+    // stack of pixels is all it takes, where an image-processing crate would add a heavy
+    // dependency.
     let mut background = vec![false; w * h];
     let mut queue: Vec<usize> = ring.into_iter().filter(|&i| plain[i]).collect();
     for &i in &queue {
