@@ -45,7 +45,8 @@ pub struct MaskConfig {
     pub max_photos: usize,
     /// Also learn from at most this many product shots among the training photos without a
     /// parsing mask (a product alone on a plain background, its foreground as the target; see
-    /// [`crate::mask::product_foreground`]); 0: none.
+    /// [`crate::mask::product_foreground`]), looking at no more than ten candidates per shot;
+    /// 0: none.
     pub product_shots: usize,
 }
 
@@ -370,13 +371,21 @@ fn extract(
     Ok(data)
 }
 
-/// The first `limit` photos of `candidates` that are product shots, found in parallel.
+/// Most candidates looked at per product shot wanted: a catalogue of model shots is not decoded
+/// whole in search of product shots it does not have.
+const CANDIDATES_PER_SHOT: usize = 10;
+
+/// The first `limit` photos of `candidates` that are product shots, found in parallel among the
+/// first `limit * CANDIDATES_PER_SHOT`.
 fn product_shots<'a>(
     pre: &Preprocess,
     candidates: &[&'a MaskSample],
     limit: usize,
 ) -> Vec<&'a MaskSample> {
-    if limit == 0 || candidates.is_empty() {
+    let candidates = &candidates[..candidates
+        .len()
+        .min(limit.saturating_mul(CANDIDATES_PER_SHOT))];
+    if candidates.is_empty() {
         return Vec::new();
     }
     let bar = super::photo_bar(candidates.len(), "product shots");
@@ -751,6 +760,13 @@ mod tests {
         let found = product_shots(&pre, &[&worn, &shot], 5);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].photo, shot.photo);
+        // At most CANDIDATES_PER_SHOT candidates are looked at per shot wanted.
+        let many: Vec<&MaskSample> = std::iter::repeat_n(&worn, CANDIDATES_PER_SHOT)
+            .chain([&shot])
+            .collect();
+        assert!(product_shots(&pre, &many, 1).is_empty());
+        assert_eq!(product_shots(&pre, &many, 2).len(), 1);
+        assert!(product_shots(&pre, &[&shot], 0).is_empty());
     }
 
     #[test]
