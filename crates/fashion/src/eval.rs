@@ -85,10 +85,11 @@ pub struct Report {
     pub product_shots: Option<MaskReport>,
 }
 
-/// How well garment masks match parsing masks (see [`crate::mask::MaskScore`]).
+/// How well garment masks match a truth: parsing masks, or the outlines of product shots (see
+/// [`crate::mask::MaskScore`]).
 #[derive(Debug, Clone, Serialize)]
 pub struct MaskReport {
-    /// Photos with a parsing mask.
+    /// Photos scored.
     pub n: usize,
     /// The learned mask (model output, upsampled to the crop): mean IoU over photos, and the
     /// share of its garment pixels (all photos pooled) on skin, face, hair or background.

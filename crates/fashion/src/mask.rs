@@ -292,23 +292,18 @@ const PLAIN_DELTA: f32 = 3.0;
 /// `fashion train` learns the garment mask from these foregrounds as well as from human-parsing
 /// masks, which show only worn garments.
 pub fn product_foreground(img: &RgbImage) -> Option<Vec<bool>> {
-    use crate::colour::lab::{ciede2000, srgb_to_lab};
+    use crate::colour::lab::ciede2000;
     let (w, h) = (img.width() as usize, img.height() as usize);
     if w < 8 || h < 8 {
         return None;
     }
-    let labs: Vec<_> = img.pixels().map(|p| srgb_to_lab(p.0)).collect();
+    let labs = crate::colour::lab_pixels(img);
     let on_border = |i: usize| {
         let (x, y) = (i % w, i / w);
         x < 2 || y < 2 || x >= w - 2 || y >= h - 2
     };
     let ring: Vec<usize> = (0..w * h).filter(|&i| on_border(i)).collect();
-    let median = |k: usize| {
-        let mut v: Vec<f32> = ring.iter().map(|&i| labs[i][k]).collect();
-        v.sort_by(f32::total_cmp);
-        v[v.len() / 2]
-    };
-    let bg = [median(0), median(1), median(2)];
+    let bg = crate::colour::median_lab(ring.iter().map(|&i| labs[i]));
     let plain: Vec<bool> = labs
         .iter()
         .map(|l| ciede2000(*l, bg) <= PLAIN_DELTA)

@@ -203,12 +203,11 @@ fn thumbnail(img: &RgbImage, side: u32) -> Option<RgbImage> {
     RgbImage::from_raw(tw, th, dst.into_vec())
 }
 
-fn lab_and_mask(img: &RgbImage) -> (Vec<Lab>, Vec<bool>) {
-    let (w, h) = img.dimensions();
-    // Runs of equal pixels (a plain studio background) are converted and tested once.
+/// The CIELAB value of each pixel, row by row. Runs of equal pixels (a plain studio
+/// background) are converted once.
+pub(crate) fn lab_pixels(img: &RgbImage) -> Vec<Lab> {
     let mut last: Option<([u8; 3], Lab)> = None;
-    let labs: Vec<Lab> = img
-        .pixels()
+    img.pixels()
         .map(|p| match last {
             Some((rgb, lab)) if rgb == p.0 => lab,
             _ => {
@@ -217,7 +216,24 @@ fn lab_and_mask(img: &RgbImage) -> (Vec<Lab>, Vec<bool>) {
                 lab
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The median of each CIELAB channel over `colours` (the upper one of an even count): a
+/// photo's background colour from its border pixels. `colours` must not be empty.
+pub(crate) fn median_lab(colours: impl Iterator<Item = Lab>) -> Lab {
+    let colours: Vec<Lab> = colours.collect();
+    let median = |k: usize| {
+        let mut v: Vec<f32> = colours.iter().map(|l| l[k]).collect();
+        v.sort_by(f32::total_cmp);
+        v[v.len() / 2]
+    };
+    [median(0), median(1), median(2)]
+}
+
+fn lab_and_mask(img: &RgbImage) -> (Vec<Lab>, Vec<bool>) {
+    let (w, h) = img.dimensions();
+    let labs = lab_pixels(img);
     // Background: the median of the outer ring of pixels.
     let mut ring: Vec<Lab> = Vec::new();
     for y in 0..h {
@@ -227,12 +243,7 @@ fn lab_and_mask(img: &RgbImage) -> (Vec<Lab>, Vec<bool>) {
             }
         }
     }
-    let median = |k: usize| {
-        let mut v: Vec<f32> = ring.iter().map(|l| l[k]).collect();
-        v.sort_by(f32::total_cmp);
-        v[v.len() / 2]
-    };
-    let bg = [median(0), median(1), median(2)];
+    let bg = median_lab(ring.into_iter());
     let mut last: Option<(Lab, bool)> = None;
     let fg: Vec<bool> = labs
         .iter()
