@@ -1,7 +1,7 @@
 //! A model is one ONNX file: the backbone, a pooling layer that turns its last feature map into
 //! one feature vector, and one small classifier per head (category, view, article type, colour
-//! family). Heads may instead read a fine-tuned copy of the backbone's last two convolutions
-//! ([`TunedLayers`]), run beside the original. Labels, preprocessing constants, calibration and
+//! family). Heads may instead read a fine-tuned copy of the backbone's last layers
+//! ([`Tail`], [`TunedLayers`]), run beside the original. Labels, preprocessing constants, calibration and
 //! a training summary travel in the file's `metadata_props` under the key [`METADATA_KEY`], as
 //! JSON ([`ModelInfo`]).
 
@@ -31,58 +31,192 @@ pub const TUNED_S32: &str = "tuned_s32";
 /// Average- and max-pooled [`TUNED_S32`], `[N, 2560]`: what the tuned heads read.
 pub const TUNED_FEATURES: &str = "tuned_features";
 
-/// The backbone's last two convolutions (the last block's 1x1 projection and the head
-/// convolution before `feat_s32`), found by walking back from `feat_s32`.
+/// One convolution of the [`Tail`]: its initializers and weight shape.
+#[derive(Debug, Clone)]
+pub struct TailConv {
+    pub weight: String,
+    pub bias: String,
+    pub out_channels: usize,
+    /// Input channels per output channel: 1 for a depthwise convolution.
+    pub group_channels: usize,
+    /// Filter side (1 for a pointwise convolution).
+    pub kernel: usize,
+}
+
+impl TailConv {
+    /// The weight's shape as ONNX stores it.
+    pub fn dims(&self) -> [usize; 4] {
+        [
+            self.out_channels,
+            self.group_channels,
+            self.kernel,
+            self.kernel,
+        ]
+    }
+
+    pub fn depthwise(&self) -> bool {
+        self.kernel > 1
+    }
+
+    /// The convolution producing `output` if it has a weight and a bias, stride 1 and "same"
+    /// padding, and is pointwise or depthwise; and its input.
+    fn of<'g>(g: &'g Graph, output: &str) -> Option<(TailConv, &'g str)> {
+        let (op, inputs) = g.producer(output)?;
+        if op != "Conv" || inputs.len() != 3 {
+            return None;
+        }
+        let (d, _) = g.initializer_f32(inputs[1])?;
+        if d.len() != 4 || d[2] != d[3] || d[2].is_multiple_of(2) {
+            return None;
+        }
+        let k = d[2];
+        let ints = |a: &str| g.producer_ints(output, a);
+        let group = ints("group").map_or(1, |v| v[0] as usize);
+        let strides_one = ints("strides").is_none_or(|v| v.iter().all(|&s| s == 1));
+        let pad = (k / 2) as i64;
+        let same = ints("pads").map_or(k == 1, |v| v.iter().all(|&p| p == pad));
+        let shape_ok = if k == 1 {
+            group == 1
+        } else {
+            group == d[0] && d[1] == 1
+        };
+        if !strides_one || !same || !shape_ok {
+            return None;
+        }
+        let conv = TailConv {
+            weight: inputs[1].to_string(),
+            bias: inputs[2].to_string(),
+            out_channels: d[0],
+            group_channels: d[1],
+            kernel: k,
+        };
+        Some((conv, inputs[0]))
+    }
+}
+
+/// One inverted-residual block of the tail: 1x1 expansion, ReLU6, depthwise convolution,
+/// ReLU6, 1x1 projection, plus the block's input when it has a residual connection.
+#[derive(Debug, Clone)]
+pub struct TailBlock {
+    pub expand: TailConv,
+    pub depthwise: TailConv,
+    pub project: TailConv,
+    pub residual: bool,
+}
+
+/// The layers fine-tuned for some heads, found by walking back from `feat_s32`: the head
+/// convolution (1x1 to 1280 channels, ReLU6) and the whole inverted-residual blocks before it
+/// (stride 1, on the 7x7 maps).
 #[derive(Debug, Clone)]
 pub struct Tail {
-    /// The tensor the projection reads (the last block's depthwise output, `[N, C, 7, 7]`).
+    /// The tensor the tail reads (`[N, C, 7, 7]`): the input of its first block, or of the head
+    /// convolution when it has no block.
     pub input: String,
     pub input_channels: usize,
-    pub project_channels: usize,
-    /// Initializer names: projection weight and bias, head weight and bias.
-    pub weights: [String; 4],
+    pub blocks: Vec<TailBlock>,
+    pub head: TailConv,
 }
 
 impl Tail {
-    /// Finds the tail of a backbone graph; `None` if it is not shaped like EfficientNet's.
-    pub fn of(g: &Graph) -> Option<Tail> {
+    /// The tail with `blocks` whole blocks of a backbone graph; `None` if the graph does not
+    /// end in that many EfficientNet blocks and a head convolution.
+    pub fn of(g: &Graph, blocks: usize) -> Option<Tail> {
         let (op, inputs) = g.producer(FEAT_S32)?;
         if op != "Clip" {
             return None;
         }
-        let (op, head) = g.producer(inputs[0])?;
-        if op != "Conv" || head.len() != 3 {
+        let (head, mut x) = TailConv::of(g, inputs[0])?;
+        if head.depthwise() || head.out_channels != CHANNELS as usize {
             return None;
         }
-        let (op, project) = g.producer(head[0])?;
-        if op != "Conv" || project.len() != 3 {
-            return None;
+        let mut found = Vec::new();
+        for _ in 0..blocks {
+            let (op, inputs) = g.producer(x)?;
+            let (project_out, skip) = match op {
+                "Add" if inputs.len() == 2 => {
+                    // The projection's output is the Add input made by a Conv.
+                    if g.producer(inputs[0]).is_some_and(|(op, _)| op == "Conv") {
+                        (inputs[0], Some(inputs[1]))
+                    } else {
+                        (inputs[1], Some(inputs[0]))
+                    }
+                }
+                _ => (x, None),
+            };
+            let (project, p_in) = TailConv::of(g, project_out)?;
+            let (depthwise, d_in) = TailConv::of(g, clip_input(g, p_in)?)?;
+            let (expand, e_in) = TailConv::of(g, clip_input(g, d_in)?)?;
+            let chained = !project.depthwise()
+                && depthwise.depthwise()
+                && !expand.depthwise()
+                && depthwise.out_channels == expand.out_channels
+                && project.group_channels == depthwise.out_channels
+                && skip.is_none_or(|s| s == e_in);
+            if !chained {
+                return None;
+            }
+            found.push(TailBlock {
+                expand,
+                depthwise,
+                project,
+                residual: skip.is_some(),
+            });
+            x = e_in;
         }
-        let (hd, _) = g.initializer_f32(head[1])?;
-        let (pd, _) = g.initializer_f32(project[1])?;
-        let one_by_one = |d: &[usize]| d.len() == 4 && d[2] == 1 && d[3] == 1;
-        if !one_by_one(&hd) || !one_by_one(&pd) || hd[0] != CHANNELS as usize || hd[1] != pd[0] {
-            return None;
-        }
+        found.reverse();
+        let input_channels = found
+            .first()
+            .map_or(head.group_channels, |b| b.expand.group_channels);
         Some(Tail {
-            input: project[0].to_string(),
-            input_channels: pd[1],
-            project_channels: pd[0],
-            weights: [project[1], project[2], head[1], head[2]].map(str::to_string),
+            input: x.to_string(),
+            input_channels,
+            blocks: found,
+            head,
         })
+    }
+
+    /// Every convolution, in the order the tail runs them.
+    pub fn convs(&self) -> Vec<&TailConv> {
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.expand, &b.depthwise, &b.project])
+            .chain([&self.head])
+            .collect()
     }
 }
 
-/// The tail's weights after fine-tuning: a second copy of the two convolutions, run beside the
+/// The input of the `Clip` (ReLU6) that produces `output`.
+fn clip_input<'g>(g: &'g Graph, output: &str) -> Option<&'g str> {
+    match g.producer(output)? {
+        ("Clip", inputs) => Some(inputs[0]),
+        _ => None,
+    }
+}
+
+/// The tail's weights after fine-tuning: a second copy of its convolutions, run beside the
 /// original ones, whose pooled output [`TUNED_FEATURES`] feeds the heads marked `tuned`.
 #[derive(Debug, Clone)]
 pub struct TunedLayers {
-    /// `[project_channels, input_channels]` and `[project_channels]`.
-    pub project_w: Vec<f32>,
-    pub project_b: Vec<f32>,
-    /// `[1280, project_channels]` and `[1280]`.
-    pub head_w: Vec<f32>,
-    pub head_b: Vec<f32>,
+    /// How many whole blocks the tail has ([`Tail::of`]).
+    pub blocks: usize,
+    /// Weight and bias of each of [`Tail::convs`], as ONNX lays them out.
+    pub convs: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl TunedLayers {
+    /// The layers as the model stores them: weights rounded to float16 (half the bytes; the
+    /// biases stay float32).
+    pub fn rounded(&self) -> TunedLayers {
+        let round = |w: &Vec<f32>| w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        TunedLayers {
+            blocks: self.blocks,
+            convs: self
+                .convs
+                .iter()
+                .map(|(w, b)| (round(w), b.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// One classification head as stored in a model.
@@ -244,15 +378,22 @@ pub fn mask_feature_graph(backbone: &[u8], name: &Path) -> Result<Vec<u8>> {
     g.to_bytes()
 }
 
-/// The backbone (ONNX bytes) with one output, the input of its [`Tail`]: what fine-tuning
-/// caches. Also returns the tail and its weights as the backbone has them.
-pub fn tail_graph(backbone: &[u8], name: &Path) -> Result<(Vec<u8>, Tail, TunedLayers)> {
+/// The backbone (ONNX bytes) with one output, the input of its [`Tail`] of `blocks` blocks:
+/// what fine-tuning caches. Also returns the tail and its weights as the backbone has them.
+pub fn tail_graph(
+    backbone: &[u8],
+    name: &Path,
+    blocks: usize,
+) -> Result<(Vec<u8>, Tail, TunedLayers)> {
     let mut g = Graph::from_bytes(backbone, name)?;
     check_backbone(&g, name)?;
-    let tail = Tail::of(&g).ok_or_else(|| {
+    let tail = Tail::of(&g, blocks).ok_or_else(|| {
         Error::bad_model(
             name,
-            "cannot fine-tune this backbone: feat_s32 is not made by two 1x1 convolutions",
+            format!(
+                "cannot fine-tune this backbone: feat_s32 is not made by a 1x1 convolution after \
+                 {blocks} inverted-residual blocks of stride 1"
+            ),
         )
     })?;
     let get = |n: &str| {
@@ -260,44 +401,69 @@ pub fn tail_graph(backbone: &[u8], name: &Path) -> Result<(Vec<u8>, Tail, TunedL
             .map(|(_, v)| v)
             .ok_or_else(|| Error::bad_model(name, format!("no float initializer {n:?}")))
     };
-    let initial = TunedLayers {
-        project_w: get(&tail.weights[0])?,
-        project_b: get(&tail.weights[1])?,
-        head_w: get(&tail.weights[2])?,
-        head_b: get(&tail.weights[3])?,
-    };
+    let convs = tail
+        .convs()
+        .iter()
+        .map(|c| Ok((get(&c.weight)?, get(&c.bias)?)))
+        .collect::<Result<_>>()?;
+    let initial = TunedLayers { blocks, convs };
     g.set_outputs(&[(tail.input.as_str(), vec![tail.input_channels as i64, 7, 7])]);
     Ok((g.to_bytes()?, tail, initial))
 }
 
 /// Adds the fine-tuned copy of the tail and [`TUNED_FEATURES`] to a graph.
 fn add_tuned(g: &mut Graph, tail: &Tail, t: &TunedLayers) {
-    let (c_in, c_p) = (tail.input_channels, tail.project_channels);
-    let ch = CHANNELS as usize;
-    g.initializer("tuned.project.w", &[c_p, c_in, 1, 1], t.project_w.clone());
-    g.initializer("tuned.project.b", &[c_p], t.project_b.clone());
-    g.initializer("tuned.head.w", &[ch, c_p, 1, 1], t.head_w.clone());
-    g.initializer("tuned.head.b", &[ch], t.head_b.clone());
     g.initializer("tuned.min", &[], vec![0.0]);
     g.initializer("tuned.max", &[], vec![6.0]);
-    g.node(
-        "Conv",
-        &[&tail.input, "tuned.project.w", "tuned.project.b"],
-        "tuned.project",
-        vec![],
-    );
-    g.node(
-        "Conv",
-        &["tuned.project", "tuned.head.w", "tuned.head.b"],
-        "tuned.head",
-        vec![],
-    );
-    g.node(
-        "Clip",
-        &["tuned.head", "tuned.min", "tuned.max"],
-        TUNED_S32,
-        vec![],
-    );
+    let convs = tail.convs();
+    let conv = |g: &mut Graph, i: usize, input: &str, relu6: bool| -> String {
+        let (c, (w, b)) = (convs[i], &t.convs[i]);
+        let (wn, bn, out) = (
+            format!("tuned.{i}.w"),
+            format!("tuned.{i}.b"),
+            format!("tuned.{i}"),
+        );
+        // Stored as float16 ([`TunedLayers::rounded`]).
+        g.initializer_f16(&format!("tuned.{i}.w16"), &wn, &c.dims(), w);
+        g.initializer(&bn, &[c.out_channels], b.clone());
+        let attrs = if c.depthwise() {
+            let (k, p) = (c.kernel as i64, (c.kernel / 2) as i64);
+            vec![
+                ("group", Attr::Int(c.out_channels as i64)),
+                ("kernel_shape", Attr::Ints(vec![k, k])),
+                ("pads", Attr::Ints(vec![p, p, p, p])),
+            ]
+        } else {
+            vec![]
+        };
+        g.node("Conv", &[input, &wn, &bn], &out, attrs);
+        if !relu6 {
+            return out;
+        }
+        let clipped = if i + 1 == convs.len() {
+            TUNED_S32.to_string()
+        } else {
+            format!("tuned.{i}.relu6")
+        };
+        g.node("Clip", &[&out, "tuned.min", "tuned.max"], &clipped, vec![]);
+        clipped
+    };
+    let mut x = tail.input.clone();
+    let mut i = 0;
+    for block in &tail.blocks {
+        let e = conv(g, i, &x, true);
+        let d = conv(g, i + 1, &e, true);
+        let p = conv(g, i + 2, &d, false);
+        i += 3;
+        x = if block.residual {
+            let sum = format!("tuned.{}.add", i - 1);
+            g.node("Add", &[&p, &x], &sum, vec![]);
+            sum
+        } else {
+            p
+        };
+    }
+    conv(g, i, &x, true);
     for (op, out) in [("ReduceMean", "tuned.avg"), ("ReduceMax", "tuned.max_pool")] {
         g.node(
             op,
@@ -346,8 +512,17 @@ pub fn build(
         (FEATURES, vec![FEATURE_DIM as i64]),
     ];
     if let Some(t) = tuned {
-        let tail = Tail::of(&g)
+        let tail = Tail::of(&g, t.blocks)
             .ok_or_else(|| Error::bad_model(name, "the backbone has no tail to fine-tune"))?;
+        let fits = tail.convs().len() == t.convs.len()
+            && tail.convs().iter().zip(&t.convs).all(|(c, (w, b))| {
+                w.len() == c.dims().iter().product::<usize>() && b.len() == c.out_channels
+            });
+        if !fits {
+            return Err(Error::Training(
+                "the tuned layers do not fit the backbone's tail".into(),
+            ));
+        }
         add_tuned(&mut g, &tail, t);
         outputs.push((TUNED_S32, vec![CHANNELS, 7, 7]));
         outputs.push((TUNED_FEATURES, vec![FEATURE_DIM as i64]));

@@ -70,6 +70,21 @@ impl Graph {
             })
     }
 
+    /// An integer (or integer list) attribute of the node that produces `output`.
+    pub fn producer_ints(&self, output: &str, attr: &str) -> Option<Vec<i64>> {
+        let graph = self.model.graph.as_ref()?;
+        let node = graph
+            .node
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == output))?;
+        let a = node.attribute.iter().find(|a| a.name == attr)?;
+        if a.type_ == AttributeType::INT.into() {
+            Some(vec![a.i])
+        } else {
+            Some(a.ints.clone())
+        }
+    }
+
     /// A float initializer's shape and values (float32, or float16 widened to float32).
     pub fn initializer_f32(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
         let t = self

@@ -2,11 +2,12 @@
 //! [`features`]), train one small classifier per head on those features with candle, calibrate
 //! each head's confidences by temperature scaling on the validation split, and write the model
 //! as one ONNX file. The heads in `[tune]` are trained instead together with a copy of the
-//! backbone's last two convolutions (see [`TuneConfig`]).
+//! backbone's last blocks (see [`TuneConfig`]).
 //!
 //! Every hyper-parameter is in [`TrainConfig`], read from TOML and saved in the model.
 
 mod checkpoint;
+mod depthwise;
 pub mod features;
 mod heads;
 mod mask;

@@ -1,14 +1,16 @@
 //! Fine-tuning the backbone's tail for the heads that frozen ImageNet features serve worst
-//! (In-shop category and view): the last block's 1x1 projection and the head convolution
-//! ([`model::Tail`]) are trained together with those heads (the same two-layer classifiers as the
-//! others, on the tail's pooled output) on the cached input of the tail (the last block's
-//! depthwise output, float16). The heads are exported as trained, then calibrated on the
+//! (In-shop category and view): the head convolution and the last `[tune] blocks`
+//! inverted-residual blocks before it ([`model::Tail`]) are trained together with those heads
+//! (the same two-layer classifiers as the others, on the tail's pooled output) on the cached
+//! input of the tail (float16). The heads are exported as trained, then calibrated on the
 //! validation split. The tuned copy of the tail runs beside the original in the model, so the
 //! heads that stay on the frozen features (article type, colour, the garment mask) are
 //! unchanged.
 //!
 //! Only the tail is trained because everything before it can then be cached: one backbone pass
-//! per photo and mirror image, as for the heads, instead of one per epoch.
+//! per photo and mirror image, as for the heads, instead of one per epoch. The tail stops at the
+//! first block of stride 2 (EfficientNet-Lite0: four blocks on the 7x7 maps), so its input is
+//! as small as the 7x7 maps it works on.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use super::depthwise::depthwise;
 use super::heads::{
     class_weights, export_head, uniform, weighted_ce, HeadConfig, HeadData, HeadSummary, Trained,
 };
@@ -37,9 +40,12 @@ use crate::preprocess::Preprocess;
 pub struct TuneConfig {
     /// The heads that read the tuned features (none: no fine-tuning).
     pub heads: Vec<String>,
+    /// How many of the backbone's last inverted-residual blocks (of stride 1, on the 7x7 maps)
+    /// are fine-tuned with its head convolution; 0 tunes the head convolution alone.
+    pub blocks: usize,
     pub epochs: usize,
     pub batch: usize,
-    /// Learning rate of the tail's two convolutions (the heads use `[heads]`'s).
+    /// Learning rate of the tail's layers (the heads use `[heads]`'s).
     pub learning_rate: f64,
     pub weight_decay: f64,
     /// Dropout on the pooled features before the heads (the heads' own dropout is `[heads]`'s).
@@ -50,6 +56,7 @@ impl Default for TuneConfig {
     fn default() -> Self {
         Self {
             heads: vec![crate::data::CATEGORY.into(), crate::data::VIEW.into()],
+            blocks: 4,
             epochs: 6,
             batch: 64,
             learning_rate: 5e-4,
@@ -98,69 +105,112 @@ fn cerr(e: candle_core::Error) -> Error {
     Error::Training(e.to_string())
 }
 
-/// The tail: its weights as trainable variables, laid out for `x @ w` on channels-last rows.
+/// One convolution of the tail as trainable variables: the weight laid out for `x @ w` on
+/// channels-last rows (`[in, out]`), or for [`depthwise`] (`[k * k, channels]`).
+struct ConvVar {
+    w: Var,
+    b: Var,
+    depthwise: bool,
+}
+
+/// The tail ([`model::Tail`]) as trainable variables.
 struct TailVars {
-    project_w: Var,
-    project_b: Var,
-    head_w: Var,
-    head_b: Var,
+    convs: Vec<ConvVar>,
+    /// Per block, whether it adds its input.
+    residual: Vec<bool>,
     c_in: usize,
 }
 
+/// `relu6(x)` as `relu(x) - relu(x - 6)`: candle's clamp is far slower to differentiate.
+fn relu6(x: &Tensor) -> candle_core::Result<Tensor> {
+    x.relu()? - (x - 6.0)?.relu()?
+}
+
 impl TailVars {
-    fn new(t: &TunedLayers, c_in: usize, dev: &Device) -> candle_core::Result<TailVars> {
-        let c_p = t.project_b.len();
-        let c_h = t.head_b.len();
-        let transposed = |w: &[f32], out: usize, inp: usize| -> candle_core::Result<Var> {
-            Var::from_tensor(&Tensor::from_slice(w, (out, inp), dev)?.t()?.contiguous()?)
-        };
+    fn new(tail: &model::Tail, t: &TunedLayers, dev: &Device) -> candle_core::Result<TailVars> {
+        let convs = tail
+            .convs()
+            .iter()
+            .zip(&t.convs)
+            .map(|(c, (w, b))| {
+                // ONNX's `[out, in, 1, 1]` or `[C, 1, k, k]`, transposed.
+                let rest = w.len() / c.out_channels;
+                let w = Tensor::from_slice(w, (c.out_channels, rest), dev)?
+                    .t()?
+                    .contiguous()?;
+                Ok(ConvVar {
+                    w: Var::from_tensor(&w)?,
+                    b: Var::from_slice(b, c.out_channels, dev)?,
+                    depthwise: c.depthwise(),
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
         Ok(TailVars {
-            project_w: transposed(&t.project_w, c_p, c_in)?,
-            project_b: Var::from_slice(&t.project_b, c_p, dev)?,
-            head_w: transposed(&t.head_w, c_h, c_p)?,
-            head_b: Var::from_slice(&t.head_b, c_h, dev)?,
-            c_in,
+            convs,
+            residual: tail.blocks.iter().map(|b| b.residual).collect(),
+            c_in: tail.input_channels,
         })
     }
 
     fn vars(&self) -> Vec<Var> {
-        vec![
-            self.project_w.clone(),
-            self.project_b.clone(),
-            self.head_w.clone(),
-            self.head_b.clone(),
-        ]
+        self.convs
+            .iter()
+            .flat_map(|c| [c.w.clone(), c.b.clone()])
+            .collect()
     }
 
     /// `x`: `[B, C, 7, 7]` maps as stored -> `[B, FEATURE_DIM]` (average and max pooled).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let b = x.dim(0)?;
         let cells = x.elem_count() / (b * self.c_in);
-        let rows = x
+        let side = (cells as f64).sqrt().round() as usize;
+        let mut rows = x
             .reshape((b, self.c_in, cells))?
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b * cells, self.c_in))?;
-        let p = rows
-            .matmul(self.project_w.as_tensor())?
-            .broadcast_add(self.project_b.as_tensor())?;
-        let h = p
-            .matmul(self.head_w.as_tensor())?
-            .broadcast_add(self.head_b.as_tensor())?;
-        // ReLU6 as relu(x) - relu(x - 6): candle's clamp is far slower to differentiate.
-        let h = (h.relu()? - (h - 6.0)?.relu()?)?.reshape((b, cells, ()))?;
+        let conv = |c: &ConvVar, x: &Tensor| -> candle_core::Result<Tensor> {
+            let y = if c.depthwise {
+                let ch = x.dim(1)?;
+                depthwise(&x.reshape((b, side, side, ch))?, c.w.as_tensor())?
+                    .reshape((b * cells, ch))?
+            } else {
+                x.matmul(c.w.as_tensor())?
+            };
+            y.broadcast_add(c.b.as_tensor())
+        };
+        for (block, &residual) in self.convs.chunks(3).zip(&self.residual) {
+            let e = relu6(&conv(&block[0], &rows)?)?;
+            let d = relu6(&conv(&block[1], &e)?)?;
+            let p = conv(&block[2], &d)?;
+            rows = if residual { (rows + p)? } else { p };
+        }
+        let head = self
+            .convs
+            .last()
+            .expect("the tail ends in its head convolution");
+        let h = relu6(&conv(head, &rows)?)?.reshape((b, cells, ()))?;
         Tensor::cat(&[h.mean(1)?, h.max(1)?], 1)
     }
 
     fn layers(&self) -> candle_core::Result<TunedLayers> {
-        let back = |v: &Var| -> candle_core::Result<Vec<f32>> {
-            v.as_tensor().t()?.contiguous()?.flatten_all()?.to_vec1()
-        };
+        let convs = self
+            .convs
+            .iter()
+            .map(|c| {
+                Ok((
+                    c.w.as_tensor()
+                        .t()?
+                        .contiguous()?
+                        .flatten_all()?
+                        .to_vec1()?,
+                    c.b.as_tensor().to_vec1()?,
+                ))
+            })
+            .collect::<candle_core::Result<_>>()?;
         Ok(TunedLayers {
-            project_w: back(&self.project_w)?,
-            project_b: self.project_b.as_tensor().to_vec1()?,
-            head_w: back(&self.head_w)?,
-            head_b: self.head_b.as_tensor().to_vec1()?,
+            blocks: self.residual.len(),
+            convs,
         })
     }
 }
@@ -200,7 +250,7 @@ pub fn tune(job: &TuneJob, cfg: &TuneConfig, heads: &HeadConfig) -> Result<Optio
     if subset.is_empty() {
         return Ok(None);
     }
-    let (graph, tail, initial) = model::tail_graph(job.backbone, job.backbone_path)?;
+    let (graph, tail, initial) = model::tail_graph(job.backbone, job.backbone_path, cfg.blocks)?;
     let dim = tail.input_channels * 49;
     let engine = Engine::from_bytes(&graph, job.backbone_path, Threads::single(job.threads))?;
     let paths: Vec<PathBuf> = subset
@@ -276,7 +326,7 @@ pub fn tune(job: &TuneJob, cfg: &TuneConfig, heads: &HeadConfig) -> Result<Optio
             found
         }
         Err(_) => {
-            let vars = TailVars::new(&initial, tail.input_channels, &dev).map_err(cerr)?;
+            let vars = TailVars::new(&tail, &initial, &dev).map_err(cerr)?;
             let (state, frozen, tuned) =
                 train_tail(&vars, &data, job.labels, cfg, heads, job.seed).map_err(cerr)?;
             let summary = TuneSummary {
@@ -292,8 +342,10 @@ pub fn tune(job: &TuneJob, cfg: &TuneConfig, heads: &HeadConfig) -> Result<Optio
         }
     };
 
-    // Each head as exported: measured and calibrated on the tuned features of its val photos.
-    let vars = TailVars::new(&layers, tail.input_channels, &dev).map_err(cerr)?;
+    // Each head as exported: measured and calibrated on the tuned features of its val photos,
+    // computed with the layers as the model stores them.
+    let layers = layers.rounded();
+    let vars = TailVars::new(&tail, &layers, &dev).map_err(cerr)?;
     let mut val_features = Vec::with_capacity(val.len() * FEATURE_DIM);
     for chunk in val.chunks(128) {
         let x = gather(&plain, dim, chunk, &dev).map_err(cerr)?;
@@ -547,7 +599,6 @@ fn train_tail(
     unreachable!("the loop returns after its last epoch")
 }
 
-const LAYER_NAMES: [&str; 4] = ["project_w", "project_b", "head_w", "head_b"];
 const HEAD_PARTS: [&str; 4] = ["w1", "b1", "w2", "b2"];
 
 fn save_checkpoint(
@@ -560,20 +611,20 @@ fn save_checkpoint(
         "summary".to_string(),
         serde_json::to_string(summary).map_err(|e| Error::Training(e.to_string()))?,
     )]);
-    let layers = [&t.project_w, &t.project_b, &t.head_w, &t.head_b];
-    let mut names: Vec<String> = LAYER_NAMES.iter().map(|n| n.to_string()).collect();
-    let mut values: Vec<&Vec<f32>> = layers.to_vec();
-    names.extend(["mean".to_string(), "std".to_string()]);
-    values.extend([&s.mean, &s.std]);
+    let mut named: Vec<(String, &Vec<f32>)> = Vec::new();
+    for (i, (w, b)) in t.convs.iter().enumerate() {
+        named.push((format!("conv{i}.w"), w));
+        named.push((format!("conv{i}.b"), b));
+    }
+    named.push(("mean".to_string(), &s.mean));
+    named.push(("std".to_string(), &s.std));
     for (k, head) in s.heads.iter().enumerate() {
         for (part, v) in HEAD_PARTS.iter().zip(head) {
-            names.push(format!("head{k}.{part}"));
-            values.push(v);
+            named.push((format!("head{k}.{part}"), v));
         }
     }
-    let tensors: Vec<(&str, Vec<usize>, &[f32])> = names
+    let tensors: Vec<(&str, Vec<usize>, &[f32])> = named
         .iter()
-        .zip(values)
         .map(|(n, v)| (n.as_str(), vec![v.len()], v.as_slice()))
         .collect();
     super::checkpoint::save(path, &tensors, meta)
@@ -588,15 +639,18 @@ fn load_checkpoint(
     let summary = serde_json::from_str(meta.get("summary").ok_or("no summary")?)
         .map_err(|e| e.to_string())?;
     let mut get = |n: &str| t.remove(n).ok_or_else(|| format!("no tensor {n}"));
-    let layers = TunedLayers {
-        project_w: get("project_w")?,
-        project_b: get("project_b")?,
-        head_w: get("head_w")?,
-        head_b: get("head_b")?,
-    };
-    if layers.project_w.len() != like.project_w.len() || layers.head_w.len() != like.head_w.len() {
-        return Err("the tail's sizes differ".into());
+    let mut convs = Vec::new();
+    for (i, (w0, b0)) in like.convs.iter().enumerate() {
+        let (w, b) = (get(&format!("conv{i}.w"))?, get(&format!("conv{i}.b"))?);
+        if w.len() != w0.len() || b.len() != b0.len() {
+            return Err("the tail's sizes differ".into());
+        }
+        convs.push((w, b));
     }
+    let layers = TunedLayers {
+        blocks: like.blocks,
+        convs,
+    };
     let mean = get("mean")?;
     let std = get("std")?;
     let heads = (0..labels.len())
@@ -625,66 +679,102 @@ mod tests {
     }
 
     /// The tuned copy in the ONNX graph computes what the trainer's candle code computes, and
-    /// with the backbone's own weights it reproduces the backbone's pooled features.
+    /// with the backbone's own weights it reproduces the backbone's pooled features; for the
+    /// head convolution alone and for EfficientNet-Lite0's last four blocks.
     #[test]
     fn tuned_layers_in_the_model_match_the_trainer() {
         let bytes = built_in();
         let name = Path::new("default.onnx");
-        let (tail_graph, tail, initial) = model::tail_graph(&bytes, name).unwrap();
-        assert_eq!((tail.input_channels, tail.project_channels), (1152, 320));
-        let mut changed = initial.clone();
         let mut rng = StdRng::seed_from_u64(7);
-        for v in changed.project_w.iter_mut().chain(&mut changed.head_w) {
-            *v *= rng.random_range(0.5f32..1.5);
-        }
-        for v in changed.head_b.iter_mut() {
-            *v += rng.random_range(-0.5f32..0.5);
-        }
         let mut input = Array4::<f32>::zeros((2, 3, 224, 224));
         input.mapv_inplace(|_| rng.random_range(-1f32..1.0));
-
-        let tail_engine = Engine::from_bytes(&tail_graph, name, Threads::single(1)).unwrap();
-        let maps = tail_engine.run(input.view(), &[&tail.input]).unwrap();
-        let maps = maps[0].as_slice().unwrap();
-        let dev = Device::Cpu;
-        let x = Tensor::from_slice(maps, (2, 1152, 7, 7), &dev).unwrap();
-
-        for layers in [&initial, &changed] {
-            let info = model::ModelInfo {
-                name: "t".into(),
-                preprocess: Preprocess::default(),
-                heads: Vec::new(),
-                training: serde_json::Value::Null,
-                pixel_colour: None,
-            };
-            let built = model::build(&bytes, name, &[], Some(layers), None, &info).unwrap();
-            let engine = Engine::from_bytes(&built, name, Threads::single(1)).unwrap();
-            let out = engine
-                .run(input.view(), &[TUNED_FEATURES, model::FEATURES, TUNED_S32])
-                .unwrap();
-            let onnx = out[0].as_slice().unwrap();
-            let vars = TailVars::new(layers, 1152, &dev).unwrap();
-            let candle: Vec<f32> = vars
-                .forward(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            assert_eq!(onnx.len(), 2 * FEATURE_DIM);
-            let worst = onnx
+        // EfficientNet-Lite0 ends in three 5x5 blocks of 192 channels with a residual
+        // connection, one 3x3 block from 192 to 320, and the head convolution to 1280.
+        for (blocks, c_in) in [(0, 320), (4, 192)] {
+            let (tail_graph, tail, initial) = model::tail_graph(&bytes, name, blocks).unwrap();
+            assert_eq!(tail.input_channels, c_in);
+            let shape: Vec<(usize, bool)> = tail
+                .blocks
                 .iter()
-                .zip(&candle)
-                .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
-                .fold(0f32, f32::max);
-            assert!(worst < 1e-4, "ONNX and candle differ by {worst}");
-            let frozen = out[1].as_slice().unwrap();
-            let same = onnx
-                .iter()
-                .zip(frozen)
-                .all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0));
-            // Only the backbone's own weights give the backbone's own features.
-            assert_eq!(same, std::ptr::eq(layers, &initial));
+                .map(|b| (b.depthwise.kernel, b.residual))
+                .collect();
+            let want = [(5, true), (5, true), (5, true), (3, false)];
+            assert_eq!(shape, want[..blocks].to_vec());
+            assert_eq!(initial.convs.len(), 3 * blocks + 1);
+            // The model stores the weights as float16.
+            let initial = initial.rounded();
+            let mut changed = initial.clone();
+            for (w, b) in changed.convs.iter_mut() {
+                for v in w.iter_mut() {
+                    *v *= rng.random_range(0.5f32..1.5);
+                }
+                for v in b.iter_mut() {
+                    *v += rng.random_range(-0.5f32..0.5);
+                }
+            }
+            let changed = changed.rounded();
+            let tail_engine = Engine::from_bytes(&tail_graph, name, Threads::single(1)).unwrap();
+            let maps = tail_engine.run(input.view(), &[&tail.input]).unwrap();
+            let maps = maps[0].as_slice().unwrap();
+            let dev = Device::Cpu;
+            let x = Tensor::from_slice(maps, (2, c_in, 7, 7), &dev).unwrap();
+
+            for layers in [&initial, &changed] {
+                let info = model::ModelInfo {
+                    name: "t".into(),
+                    preprocess: Preprocess::default(),
+                    heads: Vec::new(),
+                    training: serde_json::Value::Null,
+                    pixel_colour: None,
+                };
+                let built = model::build(&bytes, name, &[], Some(layers), None, &info).unwrap();
+                let engine = Engine::from_bytes(&built, name, Threads::single(1)).unwrap();
+                let out = engine
+                    .run(input.view(), &[TUNED_FEATURES, model::FEATURES, TUNED_S32])
+                    .unwrap();
+                let onnx = out[0].as_slice().unwrap();
+                let vars = TailVars::new(&tail, layers, &dev).unwrap();
+                let candle: Vec<f32> = vars
+                    .forward(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert_eq!(onnx.len(), 2 * FEATURE_DIM);
+                let worst = onnx
+                    .iter()
+                    .zip(&candle)
+                    .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst < 1e-4,
+                    "ONNX and candle differ by {worst} ({blocks} blocks)"
+                );
+                let frozen = out[1].as_slice().unwrap();
+                // (Within float16's rounding of the weights.)
+                let same = onnx
+                    .iter()
+                    .zip(frozen)
+                    .all(|(a, b)| (a - b).abs() <= 1e-2 * b.abs().max(1.0));
+                // Only the backbone's own weights give the backbone's own features.
+                assert_eq!(same, std::ptr::eq(layers, &initial), "{blocks} blocks");
+                // The trainer's layers round-trip to what it was given.
+                let back = vars.layers().unwrap();
+                assert_eq!(back.convs, layers.convs);
+            }
         }
+    }
+
+    /// A tail of more blocks than the backbone has at stride 1 is refused with a clear error.
+    #[test]
+    fn too_many_blocks_is_an_error() {
+        let Err(err) = model::tail_graph(&built_in(), Path::new("default.onnx"), 5) else {
+            panic!("block 11 has stride 2, so a tail of 5 blocks must be refused");
+        };
+        assert!(
+            err.to_string().contains("5 inverted-residual blocks"),
+            "{err}"
+        );
     }
 }
