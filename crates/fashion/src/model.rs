@@ -104,6 +104,33 @@ pub struct TailBlock {
     pub residual: bool,
 }
 
+impl TailBlock {
+    /// The block whose projection produces `project_out` (and whose input is `skip`, for a
+    /// block with a residual connection), and its input.
+    fn ending<'g>(
+        g: &'g Graph,
+        project_out: &str,
+        skip: Option<&str>,
+    ) -> Option<(TailBlock, &'g str)> {
+        let (project, p_in) = TailConv::of(g, project_out)?;
+        let (depthwise, d_in) = TailConv::of(g, clip_input(g, p_in)?)?;
+        let (expand, e_in) = TailConv::of(g, clip_input(g, d_in)?)?;
+        let chained = !project.depthwise()
+            && depthwise.depthwise()
+            && !expand.depthwise()
+            && depthwise.out_channels == expand.out_channels
+            && project.group_channels == depthwise.out_channels
+            && skip.is_none_or(|s| s == e_in);
+        let block = TailBlock {
+            expand,
+            depthwise,
+            project,
+            residual: skip.is_some(),
+        };
+        chained.then_some((block, e_in))
+    }
+}
+
 /// The layers fine-tuned for some heads, found by walking back from `feat_s32`: the head
 /// convolution (1x1 to 1280 channels, ReLU6) and the whole inverted-residual blocks before it
 /// (stride 1, on the 7x7 maps).
@@ -132,36 +159,14 @@ impl Tail {
         let mut found = Vec::new();
         for _ in 0..blocks {
             let (op, inputs) = g.producer(x)?;
-            let (project_out, skip) = match op {
-                "Add" if inputs.len() == 2 => {
-                    // The projection's output is the Add input made by a Conv.
-                    if g.producer(inputs[0]).is_some_and(|(op, _)| op == "Conv") {
-                        (inputs[0], Some(inputs[1]))
-                    } else {
-                        (inputs[1], Some(inputs[0]))
-                    }
-                }
-                _ => (x, None),
+            let (block, input) = match op {
+                // Either input of the residual Add may be the projection.
+                "Add" if inputs.len() == 2 => TailBlock::ending(g, inputs[0], Some(inputs[1]))
+                    .or_else(|| TailBlock::ending(g, inputs[1], Some(inputs[0])))?,
+                _ => TailBlock::ending(g, x, None)?,
             };
-            let (project, p_in) = TailConv::of(g, project_out)?;
-            let (depthwise, d_in) = TailConv::of(g, clip_input(g, p_in)?)?;
-            let (expand, e_in) = TailConv::of(g, clip_input(g, d_in)?)?;
-            let chained = !project.depthwise()
-                && depthwise.depthwise()
-                && !expand.depthwise()
-                && depthwise.out_channels == expand.out_channels
-                && project.group_channels == depthwise.out_channels
-                && skip.is_none_or(|s| s == e_in);
-            if !chained {
-                return None;
-            }
-            found.push(TailBlock {
-                expand,
-                depthwise,
-                project,
-                residual: skip.is_some(),
-            });
-            x = e_in;
+            found.push(block);
+            x = input;
         }
         found.reverse();
         let input_channels = found
