@@ -147,6 +147,10 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     let start = Instant::now();
     let cfg = job.config;
     let backbone_bytes = std::fs::read(job.backbone).map_err(|e| Error::io(job.backbone, e))?;
+    // A tail the backbone does not have is refused now, not after the features are cached.
+    if !cfg.tune.heads.is_empty() {
+        model::tail_graph(&backbone_bytes, job.backbone, cfg.tune.blocks)?;
+    }
     let mut model_key = crate::hash::fnv1a(crate::hash::START, &backbone_bytes);
     model_key = crate::hash::fnv1a(
         model_key,
@@ -423,6 +427,41 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 mod tests {
     use super::*;
     use crate::preprocess::Fit;
+
+    #[test]
+    fn a_tail_longer_than_the_backbone_has_is_refused_before_the_data_is_read() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut cfg = TrainConfig::from_file(&root.join("configs/default.toml")).unwrap();
+        cfg.tune.blocks = 9;
+        let dir = tempfile::tempdir().unwrap();
+        let data = [DataSource {
+            path: dir.path().join("no such dataset"),
+            layout: Layout::Folders,
+        }];
+        let err = train(&TrainJob {
+            backbone: &root.join("models/default.onnx"),
+            data: &data,
+            cache_dir: dir.path(),
+            output: &dir.path().join("out.onnx"),
+            config: &cfg,
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("9 inverted-residual blocks"),
+            "{err}"
+        );
+        cfg.tune.heads.clear();
+        let err = train(&TrainJob {
+            backbone: &root.join("models/default.onnx"),
+            data: &data,
+            cache_dir: dir.path(),
+            output: &dir.path().join("out.onnx"),
+            config: &cfg,
+        })
+        .unwrap_err();
+        // Without tuned heads the blocks do not matter: the missing dataset is the error.
+        assert!(err.to_string().contains("no such dataset"), "{err}");
+    }
 
     #[test]
     fn shipped_config_is_the_one_the_built_in_model_was_trained_with() {
