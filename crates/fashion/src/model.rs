@@ -1,9 +1,9 @@
 //! A model is one ONNX file: the backbone, a pooling layer that turns its last feature map into
 //! one feature vector, and one small classifier per head (category, view, article type, colour
-//! family). Heads may instead read a fine-tuned copy of the backbone's last layers
-//! ([`Tail`], [`TunedLayers`]), run beside the original. Labels, preprocessing constants, calibration and
-//! a training summary travel in the file's `metadata_props` under the key [`METADATA_KEY`], as
-//! JSON ([`ModelInfo`]).
+//! family). Heads may instead read a fine-tuned copy of the backbone's last layers ([`Tail`],
+//! [`TunedLayers`]), run beside the original. Labels, preprocessing constants, calibration and a
+//! training summary travel in the file's `metadata_props` under the key [`METADATA_KEY`], as JSON
+//! ([`ModelInfo`]).
 
 use std::path::{Path, PathBuf};
 
@@ -58,8 +58,8 @@ impl TailConv {
         self.kernel > 1
     }
 
-    /// The convolution producing `output` if it has a weight and a bias, stride 1 and "same"
-    /// padding, and is pointwise or depthwise; and its input.
+    /// The convolution producing `output` if it has a weight and a bias, stride 1, no dilation
+    /// and "same" padding, and is pointwise or depthwise; and its input.
     fn of<'g>(g: &'g Graph, output: &str) -> Option<(TailConv, &'g str)> {
         let (op, inputs) = g.producer(output)?;
         if op != "Conv" || inputs.len() != 3 {
@@ -72,7 +72,8 @@ impl TailConv {
         let k = d[2];
         let ints = |a: &str| g.producer_ints(output, a);
         let group = ints("group").map_or(1, |v| v[0] as usize);
-        let strides_one = ints("strides").is_none_or(|v| v.iter().all(|&s| s == 1));
+        let ones = |a: &str| ints(a).is_none_or(|v| v.iter().all(|&s| s == 1));
+        let strides_one = ones("strides") && ones("dilations");
         let pad = (k / 2) as i64;
         let same = ints("pads").map_or(k == 1, |v| v.iter().all(|&p| p == pad));
         let shape_ok = if k == 1 {
