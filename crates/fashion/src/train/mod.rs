@@ -438,27 +438,23 @@ mod tests {
             path: dir.path().join("no such dataset"),
             layout: Layout::Folders,
         }];
-        let err = train(&TrainJob {
-            backbone: &root.join("models/default.onnx"),
-            data: &data,
-            cache_dir: dir.path(),
-            output: &dir.path().join("out.onnx"),
-            config: &cfg,
-        })
-        .unwrap_err();
+        let error = |cfg: &TrainConfig| {
+            train(&TrainJob {
+                backbone: &root.join("models/default.onnx"),
+                data: &data,
+                cache_dir: dir.path(),
+                output: &dir.path().join("out.onnx"),
+                config: cfg,
+            })
+            .unwrap_err()
+        };
+        let err = error(&cfg);
         assert!(
             err.to_string().contains("9 inverted-residual blocks"),
             "{err}"
         );
         cfg.tune.heads.clear();
-        let err = train(&TrainJob {
-            backbone: &root.join("models/default.onnx"),
-            data: &data,
-            cache_dir: dir.path(),
-            output: &dir.path().join("out.onnx"),
-            config: &cfg,
-        })
-        .unwrap_err();
+        let err = error(&cfg);
         // Without tuned heads the blocks do not matter: the missing dataset is the error.
         assert!(err.to_string().contains("no such dataset"), "{err}");
     }
