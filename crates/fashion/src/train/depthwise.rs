@@ -51,6 +51,27 @@ fn taps(k: usize, flip: bool) -> Vec<(isize, isize, usize)> {
         .collect()
 }
 
+/// Calls `f(output cell, input cell, filter row)` for every tap of every cell of an `h x w` map
+/// whose input cell lies inside the map (outside it is the zero padding).
+fn for_each_tap(
+    h: usize,
+    w: usize,
+    taps: &[(isize, isize, usize)],
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    for y in 0..h {
+        for x in 0..w {
+            for &(dy, dx, row) in taps {
+                let (sy, sx) = (y as isize + dy, x as isize + dx);
+                if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                    continue;
+                }
+                f(y * w + x, sy as usize * w + sx as usize, row);
+            }
+        }
+    }
+}
+
 impl CustomOp2 for Depthwise {
     fn name(&self) -> &'static str {
         "depthwise"
@@ -71,22 +92,13 @@ impl CustomOp2 for Depthwise {
         out.par_chunks_mut(h * wd * c)
             .zip(x.par_chunks(h * wd * c))
             .for_each(|(o, x)| {
-                for y in 0..h {
-                    for xx in 0..wd {
-                        let dst = &mut o[(y * wd + xx) * c..][..c];
-                        for &(dy, dx, row) in &taps {
-                            let (sy, sx) = (y as isize + dy, xx as isize + dx);
-                            if sy < 0 || sx < 0 || sy >= h as isize || sx >= wd as isize {
-                                continue;
-                            }
-                            let src = &x[(sy as usize * wd + sx as usize) * c..][..c];
-                            let f = &w[row * c..][..c];
-                            for ((d, s), f) in dst.iter_mut().zip(src).zip(f) {
-                                *d += s * f;
-                            }
-                        }
+                for_each_tap(h, wd, &taps, |out, inp, row| {
+                    let dst = &mut o[out * c..][..c];
+                    let src = &x[inp * c..][..c];
+                    for ((d, s), f) in dst.iter_mut().zip(src).zip(&w[row * c..][..c]) {
+                        *d += s * f;
                     }
-                }
+                });
             });
         Ok((CpuStorage::F32(out), Shape::from((b, h, wd, c))))
     }
@@ -114,21 +126,13 @@ impl CustomOp2 for Depthwise {
             .zip(xv.par_chunks(h * wd * c))
             .map(|(g, x)| {
                 let mut gw = vec![0f32; taps_n * c];
-                for y in 0..h {
-                    for xx in 0..wd {
-                        let go = &g[(y * wd + xx) * c..][..c];
-                        for &(dy, dx, row) in &taps {
-                            let (sy, sx) = (y as isize + dy, xx as isize + dx);
-                            if sy < 0 || sx < 0 || sy >= h as isize || sx >= wd as isize {
-                                continue;
-                            }
-                            let src = &x[(sy as usize * wd + sx as usize) * c..][..c];
-                            for ((d, s), g) in gw[row * c..][..c].iter_mut().zip(src).zip(go) {
-                                *d += s * g;
-                            }
-                        }
+                for_each_tap(h, wd, &taps, |out, inp, row| {
+                    let go = &g[out * c..][..c];
+                    let src = &x[inp * c..][..c];
+                    for ((d, s), g) in gw[row * c..][..c].iter_mut().zip(src).zip(go) {
+                        *d += s * g;
                     }
-                }
+                });
                 gw
             })
             .reduce(
