@@ -520,8 +520,9 @@ pub fn build(
     if let Some(t) = tuned {
         let tail = Tail::of(&g, t.blocks)
             .ok_or_else(|| Error::bad_model(name, "the backbone has no tail to fine-tune"))?;
-        let fits = tail.convs().len() == t.convs.len()
-            && tail.convs().iter().zip(&t.convs).all(|(c, (w, b))| {
+        let convs = tail.convs();
+        let fits = convs.len() == t.convs.len()
+            && convs.iter().zip(&t.convs).all(|(c, (w, b))| {
                 w.len() == c.dims().iter().product::<usize>() && b.len() == c.out_channels
             });
         if !fits {
