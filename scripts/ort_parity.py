@@ -82,15 +82,21 @@ def interp(n_in, n_out):
 model = onnx.load(model_path)
 names = [o.name for o in model.graph.output]
 if "garment_mask" in names:
-    # Expose the backbone maps the mask reads and recompute the head in NumPy.
-    maps = ["feat_s8", "feat_s16", "feat_s32"]
-    for n in maps[:2]:
-        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    # Expose the backbone maps the mask reads and recompute the head in NumPy. A model with a
+    # test-time flip runs them on the photos and their mirror images (`flip/pair/` holds both
+    # looks of a graph output) and averages the two masks, the mirrored one mirrored back.
+    flip = meta.get("test_time_flip", False)
+    maps = ["feat_s8", "feat_s16", "flip/pair/feat_s32" if flip else "feat_s32"]
+    for n in maps:
+        if n not in names:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
     init = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
     s2 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     f8, f16, f32, got = s2.run(maps + ["garment_mask"], {"input": batch})
+    if flip:
+        assert len(f8) == 2 * len(batch), "a flipped model runs both looks in one batch"
     hidden = init["mask.b"][None, :, None, None]
-    for f, name in zip([f8, f16, f32], maps):
+    for f, name in zip([f8, f16, f32], ["feat_s8", "feat_s16", "feat_s32"]):
         w = init[f"mask.w_{name}"][:, :, 0, 0]
         a = np.einsum("hc,ncyx->nhyx", w, f.astype(np.float64))
         u = interp(a.shape[-1], 28)
@@ -98,6 +104,9 @@ if "garment_mask" in names:
     hidden = np.maximum(hidden, 0)
     logits = np.einsum("h,nhyx->nyx", init["mask.w_out"][0, :, 0, 0], hidden) + init["mask.b_out"][0]
     want = 1 / (1 + np.exp(-logits))
+    if flip:
+        n = len(batch)
+        want = (want[:n] + want[n:, :, ::-1]) / 2
     mask_worst = float(np.abs(got[:, 0] - want).max())
     print(f"garment mask: {want.size} cells compared, max abs difference {mask_worst:.2e}")
     worst = max(worst, mask_worst)

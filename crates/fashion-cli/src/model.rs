@@ -26,6 +26,10 @@ pub struct ModelArgs {
     /// (whole photo, stretched to square) or `crop` (the centre square, ends cut off).
     #[arg(long, value_name = "HOW", value_parser = parse_fit)]
     fit: Option<Fit>,
+    /// One look per photo: skip the model's second, mirrored look (its test-time flip). About
+    /// 1.8x the photos per second, slightly less accurate (see the model card).
+    #[arg(long)]
+    fast: bool,
 }
 
 fn parse_fit(s: &str) -> std::result::Result<Fit, String> {
@@ -73,25 +77,37 @@ impl ModelArgs {
             colours: None,
             threads: 1,
             fit: None,
+            fast: false,
         }
     }
 
-    /// The model file's bytes (the built-in model is not copied).
+    /// The model file's bytes (the built-in model is not copied), without the test-time flip
+    /// under `--fast`.
     pub fn bytes(&self) -> Result<Cow<'static, [u8]>> {
-        match &self.model {
+        let bytes = match &self.model {
             Some(p) => std::fs::read(p)
                 .map(Cow::Owned)
-                .with_context(|| format!("cannot read model {}", p.display())),
-            None => Ok(Cow::Borrowed(DEFAULT_MODEL)),
+                .with_context(|| format!("cannot read model {}", p.display()))?,
+            None => Cow::Borrowed(DEFAULT_MODEL),
+        };
+        if !self.fast {
+            return Ok(bytes);
         }
+        let single = fashion::model::single_look(&bytes, &self.name())
+            .with_context(|| format!("cannot load {}", self.name().display()))?;
+        Ok(single.map_or(bytes, Cow::Owned))
+    }
+
+    /// The model's name in messages.
+    fn name(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("built-in model"))
     }
 
     /// The model held in `bytes` (from [`ModelArgs::bytes`]).
     pub fn model_from(&self, bytes: &[u8], threads: Threads) -> Result<Model> {
-        let name = self
-            .model
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("built-in model"));
+        let name = self.name();
         Model::from_bytes(bytes, &name, threads)
             .with_context(|| format!("cannot load {}", name.display()))
     }
@@ -101,13 +117,14 @@ impl ModelArgs {
         self.threads
     }
 
-    /// The model as a file: --model, or the built-in model written into `dir`.
+    /// The model as a file: --model, or the model as [`ModelArgs::bytes`] gives it (the
+    /// built-in model, or one without its test-time flip) written into `dir`.
     pub fn file(&self, dir: &Path) -> Result<PathBuf> {
         match &self.model {
-            Some(p) => Ok(p.clone()),
-            None => {
-                let p = dir.join("default.onnx");
-                std::fs::write(&p, DEFAULT_MODEL)
+            Some(p) if !self.fast => Ok(p.clone()),
+            _ => {
+                let p = dir.join("model.onnx");
+                std::fs::write(&p, self.bytes()?)
                     .with_context(|| format!("cannot write {}", p.display()))?;
                 Ok(p)
             }

@@ -708,3 +708,55 @@ fn fit_decides_how_a_photo_that_is_not_square_is_seen() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not one of pad, squash, crop"));
 }
+
+#[test]
+fn the_built_in_model_averages_a_photo_and_its_mirror_image_and_fast_takes_one_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/dress-red.jpg");
+    // 256x256 needs no resizing, so the mirror image's input is exactly the mirrored input.
+    let photo = image::open(&sample)
+        .unwrap()
+        .resize_exact(256, 256, image::imageops::FilterType::Triangle)
+        .to_rgb8();
+    photo.save(d.join("photo.png")).unwrap();
+    image::imageops::flip_horizontal(&photo)
+        .save(d.join("mirror.png"))
+        .unwrap();
+    let run = |fast: bool, name: &str| -> serde_json::Value {
+        let photo = d.join(name);
+        let mut args = vec!["classify", "--format", "jsonl", "--top", "1000"];
+        if fast {
+            args.push("--fast");
+        }
+        args.push(photo.to_str().unwrap());
+        let out = fashion(&args, None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        jsonl(&out).remove(0)
+    };
+    let (both, one, other) = (
+        run(false, "photo.png"),
+        run(true, "photo.png"),
+        run(true, "mirror.png"),
+    );
+    // The colour family is also voted on by the pixels, so only the model's own heads are
+    // compared.
+    let probs = |row: &serde_json::Value| -> Vec<f64> {
+        let mut r = row.clone();
+        r.as_object_mut().unwrap().remove("colour_family");
+        probabilities(&r)
+    };
+    let mean: Vec<f64> = probs(&one)
+        .iter()
+        .zip(probs(&other))
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    let diff = max_diff(&probs(&both), &mean);
+    assert!(diff < 1e-4, "default vs mean of two single looks: {diff}");
+    // The two single looks disagree somewhat, so the mean is neither of them.
+    assert!(max_diff(&probs(&one), &probs(&other)) > 1e-3);
+}

@@ -35,5 +35,6 @@ pub mod explain;
 pub mod export;
 pub mod hash;
 pub mod mask;
+pub mod mirror;
 pub mod stream;
 pub use stream::StreamOptions;

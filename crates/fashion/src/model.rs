@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, Threads};
 use crate::error::{Error, Result};
+use crate::mirror::Combine;
 use crate::onnx::{Attr, Graph};
 use crate::preprocess::Preprocess;
 
@@ -268,6 +269,10 @@ pub struct ModelInfo {
     /// The colour family classifier on garment pixels that votes with the `colour_family` head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pixel_colour: Option<PixelColourHead>,
+    /// Whether the graph looks at each photo twice, as it is and mirrored, and averages the
+    /// two ([`crate::mirror`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_time_flip: bool,
 }
 
 /// A colour family classifier on the garment's pixels ([`crate::colour::colour_features`] of the
@@ -364,8 +369,7 @@ fn add_features(g: &mut Graph) {
 /// The backbone (ONNX bytes; `name` names it in errors) with one output, `features`: what
 /// training caches.
 pub fn feature_graph(backbone: &[u8], name: &Path) -> Result<Vec<u8>> {
-    let mut g = Graph::from_bytes(backbone, name)?;
-    check_backbone(&g, name)?;
+    let mut g = backbone_graph(backbone, name)?;
     add_features(&mut g);
     g.set_outputs(&[(FEATURES, vec![FEATURE_DIM as i64])]);
     g.to_bytes()
@@ -374,8 +378,7 @@ pub fn feature_graph(backbone: &[u8], name: &Path) -> Result<Vec<u8>> {
 /// The backbone (ONNX bytes) with the feature maps the garment mask reads as its outputs:
 /// what training the mask head runs.
 pub fn mask_feature_graph(backbone: &[u8], name: &Path) -> Result<Vec<u8>> {
-    let mut g = Graph::from_bytes(backbone, name)?;
-    check_backbone(&g, name)?;
+    let mut g = backbone_graph(backbone, name)?;
     let outputs: Vec<(&str, Vec<i64>)> = crate::mask::MASK_INPUTS
         .iter()
         .map(|(n, c, s)| (*n, vec![*c as i64, *s as i64, *s as i64]))
@@ -391,8 +394,7 @@ pub fn tail_graph(
     name: &Path,
     blocks: usize,
 ) -> Result<(Vec<u8>, Tail, TunedLayers)> {
-    let mut g = Graph::from_bytes(backbone, name)?;
-    check_backbone(&g, name)?;
+    let mut g = backbone_graph(backbone, name)?;
     let tail = Tail::of(&g, blocks).ok_or_else(|| {
         Error::bad_model(
             name,
@@ -486,6 +488,15 @@ fn add_tuned(g: &mut Graph, tail: &Tail, t: &TunedLayers) {
     );
 }
 
+/// Parses a backbone and checks it has the outputs a model is built on. A trained model can
+/// serve as a backbone too; its test-time flip is taken out first.
+fn backbone_graph(bytes: &[u8], path: &Path) -> Result<Graph> {
+    let mut g = Graph::from_bytes(bytes, path)?;
+    crate::mirror::remove(&mut g);
+    check_backbone(&g, path)?;
+    Ok(g)
+}
+
 fn check_backbone(g: &Graph, path: &Path) -> Result<()> {
     let outs = g.output_names();
     for want in [POOLED, FEAT_S32] {
@@ -509,8 +520,7 @@ pub fn build(
     mask: Option<&crate::mask::MaskWeights>,
     info: &ModelInfo,
 ) -> Result<Vec<u8>> {
-    let mut g = Graph::from_bytes(backbone, name)?;
-    check_backbone(&g, name)?;
+    let mut g = backbone_graph(backbone, name)?;
     add_features(&mut g);
     let mut outputs = vec![
         (POOLED, vec![CHANNELS]),
@@ -603,10 +613,72 @@ pub fn build(
         outputs.push((crate::mask::MASK_OUTPUT, vec![1, side, side]));
     }
     g.set_outputs(&outputs);
+    if info.test_time_flip {
+        add_test_time_flip(&mut g, info, name)?;
+    }
     let json = serde_json::to_string(info).map_err(|e| Error::Engine(e.to_string()))?;
     g.set_metadata(METADATA_KEY, &json);
     g.set_producer("fashion", env!("CARGO_PKG_VERSION"));
     g.to_bytes()
+}
+
+/// Adds the test-time flip ([`crate::mirror`]) to a model's finished graph: its heads' answers
+/// and its garment mask become the mean of both looks, its feature maps stay the first look's.
+fn add_test_time_flip(g: &mut Graph, info: &ModelInfo, name: &Path) -> Result<()> {
+    let inputs = g.input_names();
+    let [input] = &inputs[..] else {
+        return Err(Error::bad_model(name, "a model must have one input"));
+    };
+    let outputs = g.output_names();
+    let combine: Vec<(&str, Combine)> = outputs
+        .iter()
+        .map(|o| {
+            let how = if info.heads.iter().any(|h| &h.name == o) {
+                Combine::Average
+            } else if o == crate::mask::MASK_OUTPUT {
+                Combine::AverageMirroredBack
+            } else {
+                Combine::First
+            };
+            (o.as_str(), how)
+        })
+        .collect();
+    crate::mirror::add(g, input, &combine);
+    Ok(())
+}
+
+/// The model with a test-time flip ([`crate::mirror`]) added, or `None` when it has one.
+pub fn with_test_time_flip(model: &[u8], name: &Path) -> Result<Option<Vec<u8>>> {
+    let mut g = Graph::from_bytes(model, name)?;
+    let mut info = info_of(&g, name)?;
+    if info.test_time_flip {
+        return Ok(None);
+    }
+    add_test_time_flip(&mut g, &info, name)?;
+    info.test_time_flip = true;
+    with_info(&g.to_bytes()?, name, &info).map(Some)
+}
+
+fn info_of(g: &Graph, name: &Path) -> Result<ModelInfo> {
+    let json = g.metadata(METADATA_KEY).ok_or_else(|| {
+        Error::bad_model(
+            name,
+            "no fashion metadata: not a model written by `fashion train`",
+        )
+    })?;
+    serde_json::from_str(json).map_err(|e| Error::bad_model(name, format!("bad metadata: {e}")))
+}
+
+/// The model without its test-time flip ([`crate::mirror`]): one look per photo, about half
+/// the work, slightly less accurate. `None` when it has none.
+pub fn single_look(model: &[u8], name: &Path) -> Result<Option<Vec<u8>>> {
+    let mut g = Graph::from_bytes(model, name)?;
+    if !crate::mirror::remove(&mut g) {
+        return Ok(None);
+    }
+    let mut info = info_of(&g, name)?;
+    info.test_time_flip = false;
+    with_info(&g.to_bytes()?, name, &info).map(Some)
 }
 
 /// A model file (ONNX bytes; `name` names it in errors) with its [`ModelInfo`] replaced.
@@ -716,6 +788,66 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::{s, Array4, ArrayD};
+
+    fn run(bytes: &[u8], x: &Array4<f32>, outputs: &[&str]) -> Vec<ArrayD<f32>> {
+        let engine = Engine::from_bytes(bytes, Path::new("m"), Threads::single(1)).unwrap();
+        engine.run(x.view(), outputs).unwrap()
+    }
+
+    fn close(a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str) {
+        assert_eq!(a.shape(), b.shape(), "{what}");
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{what}: differs by {worst}");
+    }
+
+    #[test]
+    fn test_time_flip_averages_the_photo_and_its_mirror_image() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let shipped = std::fs::read(root.join("models/default.onnx")).unwrap();
+        let name = Path::new("default.onnx");
+        let single = single_look(&shipped, name)
+            .unwrap()
+            .unwrap_or_else(|| shipped.clone());
+        assert!(single_look(&single, name).unwrap().is_none());
+        let flipped = with_test_time_flip(&single, name).unwrap().unwrap();
+        assert!(with_test_time_flip(&flipped, name).unwrap().is_none());
+        let info = |b: &[u8]| info_of(&Graph::from_bytes(b, name).unwrap(), name).unwrap();
+        assert!(info(&flipped).test_time_flip && !info(&single).test_time_flip);
+
+        // Three photos that are not mirror-symmetric: a gradient across, a stripe on one side.
+        let x = Array4::from_shape_fn((3, 3, 224, 224), |(n, c, y, x)| {
+            let side = if x < 60 + 40 * n { 0.8 } else { -0.3 };
+            side + (x as f32 / 224.0) * (c as f32 - 1.0) + (y as f32 / 448.0)
+        });
+        let mirrored = x.slice(s![.., .., .., ..;-1]).to_owned();
+        let heads: Vec<String> = info(&single).heads.iter().map(|h| h.name.clone()).collect();
+        let mut names: Vec<&str> = heads.iter().map(String::as_str).collect();
+        let mask = crate::mask::MASK_OUTPUT;
+        names.extend([mask, FEAT_S32, FEATURES]);
+        let both = run(&flipped, &x, &names);
+        let a = run(&single, &x, &names);
+        let b = run(&single, &mirrored, &names);
+        for (i, o) in names.iter().enumerate() {
+            let want = match *o {
+                FEAT_S32 | FEATURES => a[i].clone(),
+                m if m == mask => (&a[i] + &b[i].slice(s![.., .., .., ..;-1])) / 2.0,
+                _ => (&a[i] + &b[i]) / 2.0,
+            };
+            close(&both[i], &want, o);
+        }
+        // A head's two looks differ, so the mean is not either of them.
+        assert!((&a[0] - &b[0]).iter().any(|d| d.abs() > 1e-3));
+        // Taking the flip out gives the single look back.
+        let back = single_look(&flipped, name).unwrap().unwrap();
+        for (i, out) in run(&back, &x, &names).iter().enumerate() {
+            close(out, &a[i], names[i]);
+        }
+    }
 
     #[test]
     fn fusion_multiplies_the_votes_and_applies_the_temperature() {

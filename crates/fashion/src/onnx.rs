@@ -55,6 +55,18 @@ impl Graph {
             .collect()
     }
 
+    /// The names of the graph's inputs that are not initializers.
+    pub fn input_names(&self) -> Vec<String> {
+        let Some(g) = self.model.graph.as_ref() else {
+            return Vec::new();
+        };
+        g.input
+            .iter()
+            .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
+            .map(|i| i.name.clone())
+            .collect()
+    }
+
     /// The operator type and inputs of the node that produces `output`.
     pub fn producer(&self, output: &str) -> Option<(&str, Vec<&str>)> {
         let graph = self.model.graph.as_ref()?;
@@ -150,8 +162,35 @@ impl Graph {
         self.model.graph.mut_or_insert_default().initializer.push(t);
     }
 
-    /// Adds a node.
+    /// Adds a 1-D int64 initializer (shapes, slice bounds).
+    pub fn initializer_i64(&mut self, name: &str, data: &[i64]) {
+        let t = TensorProto {
+            name: name.to_string(),
+            dims: vec![data.len() as i64],
+            data_type: DataType::INT64 as i32,
+            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        };
+        self.model.graph.mut_or_insert_default().initializer.push(t);
+    }
+
+    /// Adds a node, named after its output.
     pub fn node(&mut self, op: &str, inputs: &[&str], output: &str, attrs: Vec<(&str, Attr)>) {
+        let n = self.graph_mut().node.len();
+        self.insert_node(n, output, op, inputs, output, attrs);
+    }
+
+    /// Inserts a node named `name` at position `index` of the node list (nodes must stay in
+    /// topological order: a node comes after the producers of its inputs).
+    pub fn insert_node(
+        &mut self,
+        index: usize,
+        name: &str,
+        op: &str,
+        inputs: &[&str],
+        output: &str,
+        attrs: Vec<(&str, Attr)>,
+    ) {
         let attribute = attrs
             .into_iter()
             .map(|(name, a)| {
@@ -176,18 +215,62 @@ impl Graph {
                 p
             })
             .collect();
-        self.model
-            .graph
-            .mut_or_insert_default()
-            .node
-            .push(NodeProto {
+        self.graph_mut().node.insert(
+            index,
+            NodeProto {
                 op_type: op.to_string(),
-                name: output.to_string(),
+                name: name.to_string(),
                 input: inputs.iter().map(|s| s.to_string()).collect(),
                 output: vec![output.to_string()],
                 attribute,
                 ..Default::default()
-            });
+            },
+        );
+    }
+
+    /// How many nodes the graph has.
+    pub fn node_count(&self) -> usize {
+        self.model.graph.as_ref().map_or(0, |g| g.node.len())
+    }
+
+    /// Renames a tensor wherever a node reads or writes it (not in the graph's own inputs and
+    /// outputs).
+    pub fn rename(&mut self, from: &str, to: &str) {
+        for node in &mut self.graph_mut().node {
+            for t in node.input.iter_mut().chain(node.output.iter_mut()) {
+                if t == from {
+                    *t = to.to_string();
+                }
+            }
+        }
+    }
+
+    /// The names of the tensors nodes read or write.
+    pub fn tensor_names(&self) -> HashSet<String> {
+        self.model
+            .graph
+            .as_ref()
+            .map(|g| {
+                g.node
+                    .iter()
+                    .flat_map(|n| n.input.iter().chain(&n.output).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Removes the nodes whose name starts with `prefix` and the initializers whose name does.
+    /// Returns how many nodes were removed.
+    pub fn remove_named(&mut self, prefix: &str) -> usize {
+        let graph = self.graph_mut();
+        let before = graph.node.len();
+        graph.node.retain(|n| !n.name.starts_with(prefix));
+        graph.initializer.retain(|t| !t.name.starts_with(prefix));
+        before - graph.node.len()
+    }
+
+    fn graph_mut(&mut self) -> &mut onnx_protobuf::GraphProto {
+        self.model.graph.mut_or_insert_default()
     }
 
     /// Makes `outputs` the graph's outputs, each float32 with a dynamic batch dimension followed

@@ -221,6 +221,17 @@ impl Classifier {
     /// The model's outputs for prepared photos, one [`ModelOutput`] per photo: the part of
     /// [`Classifier::run`] that needs the model (see [`Classifier::finish`] for the rest).
     pub fn infer(&self, photos: &[&Prepared]) -> Result<Vec<ModelOutput>> {
+        // A model with a test-time flip runs each photo twice in one batch: half the photos per
+        // run keep the rows, and the memory they need, those of the batch asked for.
+        let looks = if self.model.info.test_time_flip { 2 } else { 1 };
+        let mut out = Vec::with_capacity(photos.len());
+        for part in photos.chunks(photos.len().div_ceil(looks).max(1)) {
+            out.extend(self.infer_rows(part)?);
+        }
+        Ok(out)
+    }
+
+    fn infer_rows(&self, photos: &[&Prepared]) -> Result<Vec<ModelOutput>> {
         if photos.is_empty() {
             return Ok(Vec::new());
         }

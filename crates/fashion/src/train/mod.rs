@@ -53,6 +53,10 @@ pub struct TrainConfig {
     /// Also cache and train on left-right mirrored photos.
     #[serde(default = "default_true")]
     pub flip: bool,
+    /// The model looks at each photo twice, as it is and mirrored, and averages the two
+    /// ([`crate::mirror`]): twice the work per photo, slightly more accurate.
+    #[serde(default = "default_true")]
+    pub test_time_flip: bool,
     /// Inference threads (0 = every core).
     #[serde(default)]
     pub threads: usize,
@@ -387,6 +391,7 @@ fn model_info(
             "fashion_version": env!("CARGO_PKG_VERSION"),
         }),
         pixel_colour: None,
+        test_time_flip: job.config.test_time_flip,
     }
 }
 

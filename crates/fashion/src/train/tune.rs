@@ -726,6 +726,7 @@ mod tests {
                     heads: Vec::new(),
                     training: serde_json::Value::Null,
                     pixel_colour: None,
+                    test_time_flip: false,
                 };
                 let built = model::build(&bytes, name, &[], Some(layers), None, &info).unwrap();
                 let engine = Engine::from_bytes(&built, name, Threads::single(1)).unwrap();
