@@ -27,7 +27,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "HOW", value_parser = parse_fit)]
     fit: Option<Fit>,
     /// One look per photo: skip the model's second, mirrored look (its test-time flip). About
-    /// 1.8x the photos per second, slightly less accurate (see the model card).
+    /// 1.8x the photos per second, slightly less accurate (see the model card). A model without
+    /// a test-time flip runs as it is.
     #[arg(long)]
     fast: bool,
 }
