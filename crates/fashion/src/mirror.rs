@@ -14,6 +14,9 @@
 
 use crate::onnx::{Attr, Graph};
 
+/// The oldest ONNX operator set whose `Shape` takes the `end` attribute the flip uses.
+pub const MIN_OPSET: i64 = 15;
+
 /// Name prefix of everything the test-time flip adds to a graph.
 pub const PREFIX: &str = "flip/";
 const PAIR: &str = "flip/pair/";
@@ -35,7 +38,7 @@ fn pair(name: &str) -> String {
 }
 
 /// Makes the graph look at each photo of `input` (`[N, C, H, W]`) twice and combines each of
-/// `outputs` (graph outputs) as it says.
+/// `outputs` (graph outputs) as it says. The graph must import opset [`MIN_OPSET`] or later.
 pub fn add(g: &mut Graph, input: &str, outputs: &[(&str, Combine)]) {
     let (zero, back, min, max, half, n) = (
         "flip/zero",

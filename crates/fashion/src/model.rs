@@ -625,6 +625,7 @@ pub fn build(
 /// Adds the test-time flip ([`crate::mirror`]) to a model's finished graph: its heads' answers
 /// and its garment mask become the mean of both looks, its feature maps stay the first look's.
 fn add_test_time_flip(g: &mut Graph, info: &ModelInfo, name: &Path) -> Result<()> {
+    flip_fits(g, name)?;
     let inputs = g.input_names();
     let [input] = &inputs[..] else {
         return Err(Error::bad_model(name, "a model must have one input"));
@@ -645,6 +646,27 @@ fn add_test_time_flip(g: &mut Graph, info: &ModelInfo, name: &Path) -> Result<()
         .collect();
     crate::mirror::add(g, input, &combine);
     Ok(())
+}
+
+/// Refuses a graph the test-time flip cannot be added to.
+fn flip_fits(g: &Graph, name: &Path) -> Result<()> {
+    let opset = g.opset().unwrap_or(0);
+    if opset < crate::mirror::MIN_OPSET {
+        return Err(Error::bad_model(
+            name,
+            format!(
+                "the test-time flip needs ONNX opset {} or later, and this model has opset \
+                 {opset}: set test_time_flip = false in the training config",
+                crate::mirror::MIN_OPSET
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a model built on this backbone can have a test-time flip, before any training.
+pub fn check_test_time_flip(backbone: &[u8], name: &Path) -> Result<()> {
+    flip_fits(&backbone_graph(backbone, name)?, name)
 }
 
 /// The model with a test-time flip ([`crate::mirror`]) added, or `None` when it has one.
@@ -789,6 +811,7 @@ impl Model {
 mod tests {
     use super::*;
     use ndarray::{s, Array4, ArrayD};
+    use onnx_protobuf::Message;
 
     fn run(bytes: &[u8], x: &Array4<f32>, outputs: &[&str]) -> Vec<ArrayD<f32>> {
         let engine = Engine::from_bytes(bytes, Path::new("m"), Threads::single(1)).unwrap();
@@ -842,6 +865,19 @@ mod tests {
         }
         // A head's two looks differ, so the mean is not either of them.
         assert!((&a[0] - &b[0]).iter().any(|d| d.abs() > 1e-3));
+        // A graph older than the flip's operators is refused, with the setting to change.
+        let mut old = onnx_protobuf::ModelProto::parse_from_bytes(&single).unwrap();
+        for o in &mut old.opset_import {
+            o.version = 13;
+        }
+        let old = old.write_to_bytes().unwrap();
+        let err = with_test_time_flip(&old, name).unwrap_err().to_string();
+        assert!(
+            err.contains("opset 15") && err.contains("test_time_flip"),
+            "{err}"
+        );
+        assert!(check_test_time_flip(&old, name).is_err());
+        assert!(check_test_time_flip(&single, name).is_ok());
         // Taking the flip out gives the single look back.
         let back = single_look(&flipped, name).unwrap().unwrap();
         for (i, out) in run(&back, &x, &names).iter().enumerate() {

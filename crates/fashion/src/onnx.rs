@@ -55,6 +55,15 @@ impl Graph {
             .collect()
     }
 
+    /// The version of the standard ONNX operator set the model imports.
+    pub fn opset(&self) -> Option<i64> {
+        self.model
+            .opset_import
+            .iter()
+            .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
+    }
+
     /// The names of the graph's inputs that are not initializers.
     pub fn input_names(&self) -> Vec<String> {
         let Some(g) = self.model.graph.as_ref() else {

@@ -151,9 +151,13 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     let start = Instant::now();
     let cfg = job.config;
     let backbone_bytes = std::fs::read(job.backbone).map_err(|e| Error::io(job.backbone, e))?;
-    // A tail the backbone does not have is refused now, not after the features are cached.
+    // A tail the backbone does not have, or a flip it cannot take, is refused now, not after
+    // the features are cached.
     if !cfg.tune.heads.is_empty() {
         model::tail_graph(&backbone_bytes, job.backbone, cfg.tune.blocks)?;
+    }
+    if cfg.test_time_flip {
+        model::check_test_time_flip(&backbone_bytes, job.backbone)?;
     }
     let mut model_key = crate::hash::fnv1a(crate::hash::START, &backbone_bytes);
     model_key = crate::hash::fnv1a(
@@ -461,6 +465,40 @@ mod tests {
         cfg.tune.heads.clear();
         let err = error(&cfg);
         // Without tuned heads the blocks do not matter: the missing dataset is the error.
+        assert!(err.to_string().contains("no such dataset"), "{err}");
+    }
+
+    #[test]
+    fn a_flip_the_backbone_cannot_take_is_refused_before_the_data_is_read() {
+        use onnx_protobuf::Message;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut cfg = TrainConfig::from_file(&root.join("configs/default.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(root.join("models/default.onnx")).unwrap();
+        let mut old = onnx_protobuf::ModelProto::parse_from_bytes(&bytes).unwrap();
+        for o in &mut old.opset_import {
+            o.version = 13;
+        }
+        let backbone = dir.path().join("opset13.onnx");
+        std::fs::write(&backbone, old.write_to_bytes().unwrap()).unwrap();
+        let data = [DataSource {
+            path: dir.path().join("no such dataset"),
+            layout: Layout::Folders,
+        }];
+        let error = |cfg: &TrainConfig| {
+            train(&TrainJob {
+                backbone: &backbone,
+                data: &data,
+                cache_dir: dir.path(),
+                output: &dir.path().join("out.onnx"),
+                config: cfg,
+            })
+            .unwrap_err()
+        };
+        let err = error(&cfg);
+        assert!(err.to_string().contains("opset 15"), "{err}");
+        cfg.test_time_flip = false;
+        let err = error(&cfg);
         assert!(err.to_string().contains("no such dataset"), "{err}");
     }
 
