@@ -618,6 +618,20 @@ fn explain_writes_a_colour_sheet_per_good_photo() {
     assert!(corner.iter().all(|&c| c > 240), "{corner:?}");
 }
 
+/// `fashion classify --format jsonl --top 1000 [extra...] photo`: its one record.
+fn classify_one(photo: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["classify", "--format", "jsonl", "--top", "1000"];
+    args.extend(extra);
+    args.push(photo.to_str().unwrap());
+    let out = fashion(&args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    jsonl(&out).remove(0)
+}
+
 /// The probability of every label of every head of one photo, in label order.
 fn probabilities(row: &serde_json::Value) -> Vec<f64> {
     let mut all: Vec<(String, f64)> = ["category", "view", "article_type", "colour_family"]
@@ -664,19 +678,8 @@ fn fit_decides_how_a_photo_that_is_not_square_is_seen() {
         .save(d.join("centre.png"))
         .unwrap();
     let run = |fit: Option<&str>, name: &str| -> Vec<f64> {
-        let photo = d.join(name);
-        let mut args = vec!["classify", "--format", "jsonl", "--top", "100"];
-        if let Some(f) = fit {
-            args.extend(["--fit", f]);
-        }
-        args.push(photo.to_str().unwrap());
-        let out = fashion(&args, None);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        probabilities(&jsonl(&out)[0])
+        let extra: Vec<&str> = fit.map(|f| vec!["--fit", f]).unwrap_or_default();
+        probabilities(&classify_one(&d.join(name), &extra))
     };
     let default = run(None, "tall.png");
     let pad = run(Some("pad"), "tall.png");
@@ -724,19 +727,8 @@ fn the_built_in_model_averages_a_photo_and_its_mirror_image_and_fast_takes_one_l
         .save(d.join("mirror.png"))
         .unwrap();
     let run = |fast: bool, name: &str| -> serde_json::Value {
-        let photo = d.join(name);
-        let mut args = vec!["classify", "--format", "jsonl", "--top", "1000"];
-        if fast {
-            args.push("--fast");
-        }
-        args.push(photo.to_str().unwrap());
-        let out = fashion(&args, None);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        jsonl(&out).remove(0)
+        let extra: &[&str] = if fast { &["--fast"] } else { &[] };
+        classify_one(&d.join(name), extra)
     };
     let (both, one, other) = (
         run(false, "photo.png"),

@@ -437,26 +437,30 @@ mod tests {
     use super::*;
     use crate::preprocess::Fit;
 
-    #[test]
-    fn a_tail_longer_than_the_backbone_has_is_refused_before_the_data_is_read() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let mut cfg = TrainConfig::from_file(&root.join("configs/default.toml")).unwrap();
-        cfg.tune.blocks = 9;
+    /// What `train` says on `backbone` with `cfg` and a dataset that does not exist (the
+    /// error it would give after its early checks).
+    fn train_error(backbone: &Path, cfg: &TrainConfig) -> Error {
         let dir = tempfile::tempdir().unwrap();
         let data = [DataSource {
             path: dir.path().join("no such dataset"),
             layout: Layout::Folders,
         }];
-        let error = |cfg: &TrainConfig| {
-            train(&TrainJob {
-                backbone: &root.join("models/default.onnx"),
-                data: &data,
-                cache_dir: dir.path(),
-                output: &dir.path().join("out.onnx"),
-                config: cfg,
-            })
-            .unwrap_err()
-        };
+        train(&TrainJob {
+            backbone,
+            data: &data,
+            cache_dir: dir.path(),
+            output: &dir.path().join("out.onnx"),
+            config: cfg,
+        })
+        .unwrap_err()
+    }
+
+    #[test]
+    fn a_tail_longer_than_the_backbone_has_is_refused_before_the_data_is_read() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut cfg = TrainConfig::from_file(&root.join("configs/default.toml")).unwrap();
+        cfg.tune.blocks = 9;
+        let error = |cfg: &TrainConfig| train_error(&root.join("models/default.onnx"), cfg);
         let err = error(&cfg);
         assert!(
             err.to_string().contains("9 inverted-residual blocks"),
@@ -481,20 +485,7 @@ mod tests {
         }
         let backbone = dir.path().join("opset13.onnx");
         std::fs::write(&backbone, old.write_to_bytes().unwrap()).unwrap();
-        let data = [DataSource {
-            path: dir.path().join("no such dataset"),
-            layout: Layout::Folders,
-        }];
-        let error = |cfg: &TrainConfig| {
-            train(&TrainJob {
-                backbone: &backbone,
-                data: &data,
-                cache_dir: dir.path(),
-                output: &dir.path().join("out.onnx"),
-                config: cfg,
-            })
-            .unwrap_err()
-        };
+        let error = |cfg: &TrainConfig| train_error(&backbone, cfg);
         let err = error(&cfg);
         assert!(err.to_string().contains("opset 15"), "{err}");
         cfg.test_time_flip = false;
