@@ -616,8 +616,7 @@ pub fn build(
     if info.test_time_flip {
         add_test_time_flip(&mut g, info, name)?;
     }
-    let json = serde_json::to_string(info).map_err(|e| Error::Engine(e.to_string()))?;
-    g.set_metadata(METADATA_KEY, &json);
+    set_info(&mut g, info)?;
     g.set_producer("fashion", env!("CARGO_PKG_VERSION"));
     g.to_bytes()
 }
@@ -678,7 +677,8 @@ pub fn with_test_time_flip(model: &[u8], name: &Path) -> Result<Option<Vec<u8>>>
     }
     add_test_time_flip(&mut g, &info, name)?;
     info.test_time_flip = true;
-    with_info(&g.to_bytes()?, name, &info).map(Some)
+    set_info(&mut g, &info)?;
+    g.to_bytes().map(Some)
 }
 
 fn info_of(g: &Graph, name: &Path) -> Result<ModelInfo> {
@@ -700,15 +700,22 @@ pub fn single_look(model: &[u8], name: &Path) -> Result<Option<Vec<u8>>> {
     }
     let mut info = info_of(&g, name)?;
     info.test_time_flip = false;
-    with_info(&g.to_bytes()?, name, &info).map(Some)
+    set_info(&mut g, &info)?;
+    g.to_bytes().map(Some)
 }
 
 /// A model file (ONNX bytes; `name` names it in errors) with its [`ModelInfo`] replaced.
 pub fn with_info(model: &[u8], name: &Path, info: &ModelInfo) -> Result<Vec<u8>> {
     let mut g = Graph::from_bytes(model, name)?;
+    set_info(&mut g, info)?;
+    g.to_bytes()
+}
+
+/// Writes `info` into the graph's metadata.
+fn set_info(g: &mut Graph, info: &ModelInfo) -> Result<()> {
     let json = serde_json::to_string(info).map_err(|e| Error::Engine(e.to_string()))?;
     g.set_metadata(METADATA_KEY, &json);
-    g.to_bytes()
+    Ok(())
 }
 
 /// A loaded model: the engine and what the file says about itself.
