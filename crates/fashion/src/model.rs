@@ -240,9 +240,24 @@ pub struct HeadInfo {
     /// Whether the head reads [`TUNED_FEATURES`] instead of [`FEATURES`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tuned: bool,
+    /// Added to the calibrated logits (also folded into the output layer): `class_balance ×
+    /// ln(training photos of the class)`, which takes the loss's class weights back out of the
+    /// answer, so that it follows how often each class occurs (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_prior: Vec<f32>,
 }
 
 impl HeadInfo {
+    /// The head's probabilities from its logits (before the temperature).
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
+        let z: Vec<f32> = logits
+            .iter()
+            .enumerate()
+            .map(|(k, v)| v / self.temperature + self.log_prior.get(k).copied().unwrap_or(0.0))
+            .collect();
+        softmax(&z, 1.0)
+    }
+
     /// The last feature map under what the head reads: [`TUNED_S32`] for a fine-tuned head,
     /// else [`FEAT_S32`] (what heat maps of its answers are drawn from).
     pub fn feature_map(&self) -> &'static str {
@@ -292,8 +307,7 @@ pub struct PixelColourHead {
 impl PixelColourHead {
     /// Class probabilities from features, calibrated by the head's temperature.
     pub fn probabilities(&self, features: &[f32]) -> Vec<f32> {
-        let logits = self.head.logits(features);
-        softmax(&logits, self.head.info.temperature)
+        self.head.info.probabilities(&self.head.logits(features))
     }
 
     /// The combined distribution of the `colour_family` head's probabilities and this head's.
@@ -578,7 +592,10 @@ pub fn build(
         g.initializer(
             &format!("{n}.b2"),
             &[classes],
-            h.b2.iter().map(|v| v / t).collect(),
+            h.b2.iter()
+                .enumerate()
+                .map(|(k, v)| v / t + h.info.log_prior.get(k).copied().unwrap_or(0.0))
+                .collect(),
         );
         let (w1, b1, w2, b2) = (
             format!("{n}.w1_f32"),
@@ -893,6 +910,75 @@ mod tests {
     }
 
     #[test]
+    fn a_heads_temperature_and_log_prior_are_folded_into_the_graph() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let shipped = std::fs::read(root.join("models/default.onnx")).unwrap();
+        let name = Path::new("default.onnx");
+        let mut info = info_of(&Graph::from_bytes(&shipped, name).unwrap(), name).unwrap();
+        // A made-up head on the pooled features (its first layer as float16, as stored).
+        let (h, c) = (3, 4);
+        let w1: Vec<f32> = (0..h * FEATURE_DIM)
+            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5) * 0.05)
+            .map(|v| half::f16::from_f32(v).to_f32())
+            .collect();
+        let head = HeadWeights {
+            info: HeadInfo {
+                name: "category".into(),
+                labels: (0..c).map(|i| format!("c{i}")).collect(),
+                hidden: h,
+                temperature: 1.7,
+                tuned: false,
+                log_prior: vec![1.5, -0.5, 0.0, -1.0],
+            },
+            w1,
+            b1: vec![0.1, -0.2, 0.3],
+            w2: (0..c * h).map(|i| (i as f32 - 5.0) * 0.3).collect(),
+            b2: vec![0.2, 0.0, -0.3, 0.1],
+        };
+        info.heads = vec![head.info.clone()];
+        info.test_time_flip = false;
+        info.pixel_colour = None;
+        let bytes = build(
+            &shipped,
+            name,
+            std::slice::from_ref(&head),
+            None,
+            None,
+            &info,
+        )
+        .unwrap();
+        let x = Array4::from_shape_fn((2, 3, 224, 224), |(n, c, y, x)| {
+            ((x + 2 * y + 31 * n + 7 * c) % 50) as f32 / 25.0 - 1.0
+        });
+        let out = run(&bytes, &x, &["category", FEATURES]);
+        let without = HeadInfo {
+            log_prior: Vec::new(),
+            ..head.info.clone()
+        };
+        for n in 0..2 {
+            let logits = head.logits(&out[1].slice(s![n, ..]).to_vec());
+            let got = out[0].slice(s![n, ..]).to_vec();
+            let want = head.info.probabilities(&logits);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs());
+            assert!(
+                worst.fold(0f32, f32::max) < 1e-4,
+                "{got:?} against {want:?}"
+            );
+            // By hand: softmax(z / t + prior).
+            let z: Vec<f32> = logits
+                .iter()
+                .zip(&head.info.log_prior)
+                .map(|(v, p)| v / 1.7 + p)
+                .collect();
+            let e: Vec<f32> = z.iter().map(|v| v.exp()).collect();
+            let hand = e[0] / e.iter().sum::<f32>();
+            assert!((want[0] - hand).abs() < 1e-6, "{want:?}, {hand}");
+            // The prior moves the answer.
+            assert!((without.probabilities(&logits)[0] - got[0]).abs() > 1e-2);
+        }
+    }
+
+    #[test]
     fn fusion_multiplies_the_votes_and_applies_the_temperature() {
         let head = HeadWeights {
             info: HeadInfo {
@@ -901,6 +987,7 @@ mod tests {
                 hidden: 1,
                 temperature: 2.0,
                 tuned: false,
+                log_prior: Vec::new(),
             },
             // One feature, copied to the hidden unit; class a's logit is 2x, b's is 0.
             w1: vec![1.0],

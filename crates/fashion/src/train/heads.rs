@@ -54,6 +54,8 @@ pub struct HeadData {
     dim: usize,
     /// Whether the rows are [`crate::model::TUNED_FEATURES`].
     tuned: bool,
+    /// [`HeadInfo::log_prior`] of the exported head (empty: none).
+    log_prior: Vec<f32>,
     train_x: Vec<f32>,
     train_y: Vec<u32>,
     val_x: Vec<f32>,
@@ -67,6 +69,7 @@ impl HeadData {
             labels,
             dim,
             tuned: false,
+            log_prior: Vec::new(),
             train_x: Vec::new(),
             train_y: Vec::new(),
             val_x: Vec::new(),
@@ -77,6 +80,13 @@ impl HeadData {
     /// Marks the rows as [`crate::model::TUNED_FEATURES`].
     pub fn tuned(mut self) -> Self {
         self.tuned = true;
+        self
+    }
+
+    /// Makes the exported head's answers follow the training frequencies of its classes
+    /// ([`log_prior`]).
+    pub fn following_prior(mut self, log_prior: Vec<f32>) -> Self {
+        self.log_prior = log_prior;
         self
     }
 
@@ -105,7 +115,8 @@ pub struct HeadSummary {
     pub classes: usize,
     pub train_rows: usize,
     pub val_rows: usize,
-    /// Validation accuracy and top-3 on cached features (unflipped photos).
+    /// Validation accuracy and top-3 on cached features (unflipped photos), of the answers as
+    /// exported (with the head's log prior, where it has one).
     pub val_accuracy: f64,
     pub val_top3: f64,
     pub temperature: f32,
@@ -137,6 +148,16 @@ pub(super) fn class_weights(counts: &[f64], balance: f64) -> Vec<f32> {
     raw.iter().map(|w| (w * norm) as f32).collect()
 }
 
+/// [`HeadInfo::log_prior`] for classes seen `counts` times in training by a head trained with
+/// `balance` ([`class_weights`]): `balance × ln(count)`, centred on 0. Added to the logits, it
+/// undoes the class weights' effect on the answer (logit adjustment): the weights keep rare
+/// classes learnt, the answer again favours the classes that are common.
+pub fn log_prior(counts: &[f64], balance: f64) -> Vec<f32> {
+    let raw: Vec<f64> = counts.iter().map(|&k| balance * k.max(1.0).ln()).collect();
+    let mean = raw.iter().sum::<f64>() / raw.len().max(1) as f64;
+    raw.iter().map(|v| (v - mean) as f32).collect()
+}
+
 /// Trains one head, or reads it back from the cache when an identical run finished before.
 pub fn train_head(
     data: HeadData,
@@ -152,6 +173,9 @@ pub fn train_head(
     );
     key = fnv1a(key, &seed.to_le_bytes());
     key = fnv1a(key, data.labels.join("\n").as_bytes());
+    for v in &data.log_prior {
+        key = fnv1a(key, &v.to_le_bytes());
+    }
     for v in data.train_y.iter().chain(&data.val_y) {
         key = fnv1a(key, &v.to_le_bytes());
     }
@@ -345,6 +369,7 @@ pub(super) fn export_head(
             hidden: h,
             temperature: 1.0,
             tuned: data.tuned,
+            log_prior: Vec::new(),
         },
         w1: w1f,
         b1: b1f,
@@ -370,6 +395,22 @@ pub(super) fn export_head(
         1.0
     };
     weights.info.temperature = temperature;
+    // The prior is added after the temperature: `(z + t × prior) / t`.
+    let (logits, (acc, top3)) = if data.log_prior.len() == c {
+        weights.info.log_prior = data.log_prior.clone();
+        let adjusted: Vec<f32> = logits
+            .chunks_exact(c)
+            .flat_map(|row| {
+                row.iter()
+                    .zip(&data.log_prior)
+                    .map(|(z, p)| z + temperature * p)
+            })
+            .collect();
+        let measured = accuracy(&adjusted, &data.val_y, c);
+        (adjusted, measured)
+    } else {
+        (logits, (acc, top3))
+    };
     let summary = HeadSummary {
         classes: c,
         train_rows,
@@ -504,6 +545,47 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert_eq!(loss, 0.0);
+    }
+
+    #[test]
+    fn log_prior_takes_the_class_weights_back_out_of_the_answer() {
+        let counts = [400.0, 100.0, 4.0];
+        let prior = log_prior(&counts, 0.5);
+        // 0.5 ln 400, 0.5 ln 100, 0.5 ln 4 = 2.9957, 2.3026, 0.6931; their mean is 1.9971.
+        let want = [0.9986f32, 0.3054, -1.3040];
+        for (p, w) in prior.iter().zip(want) {
+            assert!((p - w).abs() < 1e-3, "{prior:?}");
+        }
+        // Adding it undoes the loss weights up to a constant: ln w + prior is the same for all.
+        let w = class_weights(&counts, 0.5);
+        let sums: Vec<f32> = w.iter().zip(&prior).map(|(w, p)| w.ln() + p).collect();
+        assert!(sums.iter().all(|s| (s - sums[0]).abs() < 1e-5), "{sums:?}");
+
+        // A head that calls both validation photos the rare class 0 ...
+        let head = |prior: Vec<f32>| {
+            let mut data =
+                HeadData::new("h", vec!["rare".into(), "common".into()], 1).following_prior(prior);
+            data.push_val(vec![0.5], 1);
+            data.push_val(vec![20.0], 0);
+            let trained = Trained {
+                mean: &[0.0],
+                std: &[1.0],
+                w1: vec![1.0],
+                b1: vec![0.0],
+                w2: vec![1.0, 0.0],
+                b2: vec![0.0, 0.0],
+            };
+            export_head(&data, &trained, 101, 0.0)
+        };
+        let (plain, summary) = head(Vec::new());
+        assert!(plain.info.log_prior.is_empty());
+        assert_eq!(summary.val_accuracy, 0.5);
+        // ... gets the common one right once the prior of 1 against 100 photos is added, and
+        // keeps the rare one whose evidence is strong (at any temperature it can fit).
+        let prior = log_prior(&[1.0, 100.0], 0.5);
+        let (adjusted, summary) = head(prior.clone());
+        assert_eq!(adjusted.info.log_prior, prior);
+        assert_eq!(summary.val_accuracy, 1.0);
     }
 
     #[test]

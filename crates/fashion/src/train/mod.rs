@@ -57,6 +57,12 @@ pub struct TrainConfig {
     /// ([`crate::mirror`]): twice the work per photo, slightly more accurate.
     #[serde(default = "default_true")]
     pub test_time_flip: bool,
+    /// Heads whose answers follow how often each class occurs in training: `[heads]
+    /// class_balance` weights the loss towards rare classes so that they are learnt; for
+    /// these heads its effect is taken back out of the answer ([`heads::log_prior`]), which
+    /// trades macro-F1 for accuracy.
+    #[serde(default = "default_prior_heads")]
+    pub prior_heads: Vec<String>,
     /// Inference threads (0 = every core).
     #[serde(default)]
     pub threads: usize,
@@ -93,6 +99,9 @@ fn default_batch() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+fn default_prior_heads() -> Vec<String> {
+    vec!["category".into()]
 }
 fn default_min_count() -> usize {
     2
@@ -150,6 +159,17 @@ const HEAD_ORDER: [&str; 4] = [
 pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     let start = Instant::now();
     let cfg = job.config;
+    for (key, names) in [
+        ("tune.heads", &cfg.tune.heads),
+        ("prior_heads", &cfg.prior_heads),
+    ] {
+        if let Some(bad) = names.iter().find(|h| !HEAD_ORDER.contains(&h.as_str())) {
+            return Err(Error::InvalidArgument(format!(
+                "config: {key} names {bad:?}, which is not a head (heads: {})",
+                HEAD_ORDER.join(", ")
+            )));
+        }
+    }
     let backbone_bytes = std::fs::read(job.backbone).map_err(|e| Error::io(job.backbone, e))?;
     // A tail the backbone does not have, or a flip it cannot take, is refused now, not after
     // the features are cached.
@@ -247,6 +267,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
                 backbone_batch: cfg.backbone_batch,
                 cache_dir: job.cache_dir,
                 model_key,
+                prior_heads: &cfg.prior_heads,
             },
             &cfg.tune,
             &cfg.heads,
@@ -283,6 +304,15 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
             .map(|(i, l)| (l.as_str(), i))
             .collect();
         let mut set = heads::HeadData::new(name, labels.clone(), model::FEATURE_DIM);
+        if cfg.prior_heads.iter().any(|h| h == name) {
+            let mut counts = vec![0f64; labels.len()];
+            for (_, l, split) in &labelled {
+                if let (Some(&class), Split::Train) = (index.get(l), split) {
+                    counts[class] += 1.0;
+                }
+            }
+            set = set.following_prior(heads::log_prior(&counts, cfg.heads.class_balance));
+        }
         for (i, l, split) in &labelled {
             let Some(&class) = index.get(l) else { continue };
             let row = |f: &[f32]| f[i * model::FEATURE_DIM..(i + 1) * model::FEATURE_DIM].to_vec();

@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::depthwise::depthwise;
 use super::heads::{
-    class_weights, export_head, uniform, weighted_ce, HeadConfig, HeadData, HeadSummary, Trained,
+    class_weights, export_head, log_prior, uniform, weighted_ce, HeadConfig, HeadData, HeadSummary,
+    Trained,
 };
 use crate::data::{Sample, Split};
 use crate::engine::{Engine, Threads};
@@ -99,6 +100,9 @@ pub struct TuneJob<'a> {
     pub backbone_batch: usize,
     pub cache_dir: &'a Path,
     pub model_key: u64,
+    /// Heads whose answers follow the training frequencies of their classes
+    /// ([`super::heads::log_prior`]).
+    pub prior_heads: &'a [String],
 }
 
 fn cerr(e: candle_core::Error) -> Error {
@@ -359,6 +363,15 @@ pub fn tune(job: &TuneJob, cfg: &TuneConfig, heads: &HeadConfig) -> Result<Optio
     let mut exported = Vec::new();
     for (k, ((name, labels), w)) in job.labels.iter().zip(&state.heads).enumerate() {
         let mut set = HeadData::new(name, labels.clone(), FEATURE_DIM).tuned();
+        if job.prior_heads.contains(name) {
+            let mut counts = vec![0f64; labels.len()];
+            for &r in &train {
+                if let Ok(y) = usize::try_from(classes[r][k]) {
+                    counts[y] += 1.0;
+                }
+            }
+            set = set.following_prior(log_prior(&counts, heads.class_balance));
+        }
         for (j, &r) in val.iter().enumerate() {
             if let Ok(class) = usize::try_from(classes[r][k]) {
                 set.push_val(
