@@ -503,6 +503,23 @@ mod tests {
     }
 
     #[test]
+    fn a_config_naming_a_head_that_does_not_exist_is_refused() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut cfg = TrainConfig::from_file(&root.join("configs/default.toml")).unwrap();
+        assert_eq!(cfg.prior_heads, ["category"]);
+        let error = |cfg: &TrainConfig| train_error(&root.join("models/default.onnx"), cfg);
+        cfg.prior_heads.push("colour".into());
+        let err = error(&cfg).to_string();
+        assert!(err.contains("prior_heads names \"colour\""), "{err}");
+        cfg.prior_heads.clear();
+        cfg.tune.heads.push("pose".into());
+        let err = error(&cfg).to_string();
+        assert!(err.contains("tune.heads names \"pose\""), "{err}");
+        cfg.tune.heads.pop();
+        assert!(error(&cfg).to_string().contains("no such dataset"));
+    }
+
+    #[test]
     fn a_flip_the_backbone_cannot_take_is_refused_before_the_data_is_read() {
         use onnx_protobuf::Message;
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
