@@ -104,10 +104,20 @@ impl GroupBy {
 }
 
 /// What one photo says, as label -> probability per field (a sparse list is fine: labels left
-/// out count as 0).
+/// out count as 0), and its own best label per field.
 pub struct Vote {
     pub path: String,
+    /// What the photo votes with for its product ([`fashion::model::HeadInfo::vote`]).
     pub fields: BTreeMap<String, Vec<(String, f32)>>,
+    /// The photo's own best label per field, as it was answered.
+    pub own: BTreeMap<String, String>,
+}
+
+/// The label with the highest probability in a list.
+fn best_of(list: &[(String, f32)]) -> Option<&str> {
+    list.iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(l, _)| l.as_str())
 }
 
 /// The fields combined per product.
@@ -117,35 +127,43 @@ impl Vote {
     /// From a prediction of this run: full probability vectors.
     pub fn of(p: &Prediction, model: &fashion::Model) -> Vote {
         let mut fields = BTreeMap::new();
+        let mut own = BTreeMap::new();
         for field in ["category", "article_type"] {
             if let (Some(h), Some(probs)) = (model.head(field), p.probabilities.get(field)) {
-                let list = h
+                let answered: Vec<(String, f32)> = h
                     .labels
                     .iter()
                     .cloned()
                     .zip(probs.iter().copied())
                     .collect();
+                if let Some(b) = best_of(&answered) {
+                    own.insert(field.to_string(), b.to_string());
+                }
+                let list = h.labels.iter().cloned().zip(h.vote(probs)).collect();
                 fields.insert(field.to_string(), list);
             }
         }
         let c = &p.colour.primary;
         fields.insert("colour".into(), vec![(c.family.clone(), c.confidence)]);
+        own.insert("colour".into(), c.family.clone());
         Vote {
             path: p.path.clone(),
             fields,
+            own,
         }
     }
 
-    /// From a JSON line written by an earlier run: the `top` candidates it kept.
-    pub fn from_json(v: &serde_json::Value) -> Option<Vote> {
+    /// From a JSON line written by an earlier run of `model`: the `top` candidates it kept.
+    pub fn from_json(v: &serde_json::Value, model: &fashion::Model) -> Option<Vote> {
         if v.get("error").is_some() {
             return None; // a photo that could not be read does not vote
         }
         let path = v["path"].as_str()?.to_string();
         let mut fields = BTreeMap::new();
+        let mut own = BTreeMap::new();
         for field in ["category", "article_type"] {
             if let Some(top) = v[field]["top"].as_array() {
-                let list = top
+                let list: Vec<(String, f32)> = top
                     .iter()
                     .filter_map(|t| {
                         Some((
@@ -154,22 +172,35 @@ impl Vote {
                         ))
                     })
                     .collect();
+                if let Some(b) = best_of(&list) {
+                    own.insert(field.to_string(), b.to_string());
+                }
+                // The labels the line lists vote as in `of`; the rest count as 0.
+                let list = match model.head(field) {
+                    Some(h) => {
+                        let index = |l: &str| h.labels.iter().position(|x| x == l);
+                        let mut full = vec![0f32; h.labels.len()];
+                        for (l, p) in &list {
+                            if let Some(i) = index(l) {
+                                full[i] = *p;
+                            }
+                        }
+                        let voted = h.vote(&full);
+                        list.into_iter()
+                            .filter_map(|(l, _)| index(&l).map(|i| (l, voted[i])))
+                            .collect()
+                    }
+                    None => list,
+                };
                 fields.insert(field.to_string(), list);
             }
         }
         let c = &v["colour"]["primary"];
         if let (Some(f), Some(conf)) = (c["family"].as_str(), c["confidence"].as_f64()) {
             fields.insert("colour".into(), vec![(f.to_string(), conf as f32)]);
+            own.insert("colour".into(), f.to_string());
         }
-        Some(Vote { path, fields })
-    }
-
-    fn best(&self, field: &str) -> Option<&str> {
-        self.fields
-            .get(field)?
-            .iter()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(l, _)| l.as_str())
+        Some(Vote { path, fields, own })
     }
 }
 
@@ -228,7 +259,7 @@ impl Products {
                         continue;
                     };
                     for v in votes {
-                        if let Some(own) = v.best(field).filter(|own| *own != label) {
+                        if let Some(own) = v.own.get(field).filter(|own| *own != label) {
                             disagree.push(Disagreement {
                                 path: v.path.clone(),
                                 field: field.to_string(),

@@ -283,7 +283,7 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
         let text = std::fs::read_to_string(out).unwrap_or_default();
         for line in text.lines().filter(|l| !l.is_empty()) {
             let v: serde_json::Value = serde_json::from_str(line)?;
-            if let Some(vote) = crate::catalogue::Vote::from_json(&v) {
+            if let Some(vote) = crate::catalogue::Vote::from_json(&v, &classifier.model) {
                 if let Some(key) = g.key(Path::new(&vote.path), &columns) {
                     products.add(key, vote);
                 }

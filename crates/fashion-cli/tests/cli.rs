@@ -325,6 +325,30 @@ fn catalogue() -> tempfile::TempDir {
     dir
 }
 
+/// The built-in model's log prior of a head (label -> value), read from its metadata; empty
+/// when the head has none.
+fn log_prior(head: &str) -> std::collections::BTreeMap<String, f64> {
+    use protobuf::Message;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bytes = std::fs::read(root.join("models/default.onnx")).unwrap();
+    let model = onnx_protobuf::ModelProto::parse_from_bytes(&bytes).unwrap();
+    let meta = model.metadata_props.iter().find(|p| p.key == "fashion");
+    let info: serde_json::Value = serde_json::from_str(&meta.unwrap().value).unwrap();
+    let h = info["heads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == head);
+    let h = h.unwrap();
+    let labels = h["labels"].as_array().unwrap();
+    let prior = h["log_prior"].as_array().cloned().unwrap_or_default();
+    labels
+        .iter()
+        .zip(prior)
+        .map(|(l, p)| (l.as_str().unwrap().to_string(), p.as_f64().unwrap()))
+        .collect()
+}
+
 #[test]
 fn group_by_combines_each_products_photos_by_mean_probability() {
     let dir = catalogue();
@@ -373,13 +397,25 @@ fn group_by_combines_each_products_photos_by_mean_probability() {
     for (k, product) in got.iter().enumerate() {
         assert_eq!(product["product"], if k == 0 { "p1" } else { "p2" });
         assert_eq!(product["photos"], 3);
-        // The mean of the three photos' full probability lists, computed here.
+        // The mean of the three photos' full probability lists, computed here, each without
+        // the head's log prior (p e^-prior, normalised).
+        let prior = log_prior("category");
         let mine = &rows[3 * k..3 * k + 3];
         let mut mean: std::collections::BTreeMap<String, f64> = Default::default();
         for r in mine {
-            for t in r["category"]["top"].as_array().unwrap() {
-                *mean.entry(t["label"].as_str().unwrap().into()).or_default() +=
-                    t["confidence"].as_f64().unwrap() / 3.0;
+            let top = r["category"]["top"].as_array().unwrap();
+            let raw: Vec<(String, f64)> = top
+                .iter()
+                .map(|t| {
+                    let l = t["label"].as_str().unwrap().to_string();
+                    let p = t["confidence"].as_f64().unwrap();
+                    let w = (-prior.get(&l).copied().unwrap_or(0.0)).exp();
+                    (l, p * w)
+                })
+                .collect();
+            let sum: f64 = raw.iter().map(|(_, v)| v).sum();
+            for (l, v) in raw {
+                *mean.entry(l).or_default() += v / sum / 3.0;
             }
         }
         let (label, conf) = mean.iter().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();

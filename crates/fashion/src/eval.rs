@@ -147,8 +147,8 @@ struct Outcome {
     predicted: String,
     confidence: f32,
     in_top3: bool,
-    /// The product the photo shows, and the head's probabilities (model label order), for the
-    /// product-level vote.
+    /// The product the photo shows, and the head's probabilities (model label order) as it
+    /// votes for the product ([`crate::model::HeadInfo::vote`]).
     group: Option<String>,
     probs: Vec<f32>,
 }
@@ -292,7 +292,7 @@ fn record(c: &Classifier, s: &Sample, p: &Prediction, out: &mut BTreeMap<String,
             confidence,
             in_top3,
             group: s.group.clone(),
-            probs: probs.clone(),
+            probs: info.vote(probs),
         });
     }
 }

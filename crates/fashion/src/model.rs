@@ -258,6 +258,27 @@ impl HeadInfo {
         softmax(&z, 1.0)
     }
 
+    /// The probabilities (model label order; labels not listed are 0) with which a photo votes
+    /// when the photos of one product are combined: without the head's log prior, so that the
+    /// vote weighs what each photo shows and the training frequencies do not count once per
+    /// photo. A head without a prior votes with its probabilities as they are.
+    pub fn vote(&self, probs: &[f32]) -> Vec<f32> {
+        if self.log_prior.len() != probs.len() {
+            return probs.to_vec();
+        }
+        let raw: Vec<f32> = probs
+            .iter()
+            .zip(&self.log_prior)
+            .map(|(p, l)| p * (-l).exp())
+            .collect();
+        let sum: f32 = raw.iter().sum();
+        if sum > 0.0 {
+            raw.iter().map(|v| v / sum).collect()
+        } else {
+            raw
+        }
+    }
+
     /// The last feature map under what the head reads: [`TUNED_S32`] for a fine-tuned head,
     /// else [`FEAT_S32`] (what heat maps of its answers are drawn from).
     pub fn feature_map(&self) -> &'static str {
@@ -973,8 +994,12 @@ mod tests {
             let e: Vec<f32> = z.iter().map(|v| v.exp()).collect();
             let hand = e[0] / e.iter().sum::<f32>();
             assert!((want[0] - hand).abs() < 1e-6, "{want:?}, {hand}");
-            // The prior moves the answer.
-            assert!((without.probabilities(&logits)[0] - got[0]).abs() > 1e-2);
+            // The prior moves the answer; a vote takes it back out.
+            let plain = without.probabilities(&logits);
+            assert!((plain[0] - got[0]).abs() > 1e-2);
+            let vote = head.info.vote(&want);
+            assert!(vote.iter().zip(&plain).all(|(a, b)| (a - b).abs() < 1e-5));
+            assert_eq!(without.vote(&plain), plain);
         }
     }
 

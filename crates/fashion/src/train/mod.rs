@@ -60,8 +60,9 @@ pub struct TrainConfig {
     /// Heads whose answers follow how often each class occurs in training: `[heads]
     /// class_balance` weights the loss towards rare classes so that they are learnt; for
     /// these heads its effect is taken back out of the answer ([`heads::log_prior`]), which
-    /// trades macro-F1 for accuracy. None by default.
-    #[serde(default)]
+    /// trades macro-F1 for accuracy. Photos of one product vote without it
+    /// ([`model::HeadInfo::vote`]).
+    #[serde(default = "default_prior_heads")]
     pub prior_heads: Vec<String>,
     /// Inference threads (0 = every core).
     #[serde(default)]
@@ -99,6 +100,9 @@ fn default_batch() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+fn default_prior_heads() -> Vec<String> {
+    vec![crate::data::CATEGORY.into()]
 }
 fn default_min_count() -> usize {
     2
@@ -503,7 +507,8 @@ mod tests {
     fn a_config_naming_a_head_that_does_not_exist_is_refused() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let mut cfg = TrainConfig::from_file(&root.join("configs/default.toml")).unwrap();
-        assert!(cfg.prior_heads.is_empty());
+        assert_eq!(cfg.prior_heads, ["category"]);
+        assert_eq!(TrainConfig::default().prior_heads, cfg.prior_heads);
         let error = |cfg: &TrainConfig| train_error(&root.join("models/default.onnx"), cfg);
         cfg.prior_heads.push("colour".into());
         let err = error(&cfg).to_string();
