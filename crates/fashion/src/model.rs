@@ -248,14 +248,19 @@ pub struct HeadInfo {
 }
 
 impl HeadInfo {
-    /// The head's probabilities from its logits (before the temperature).
-    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
-        let z: Vec<f32> = logits
+    /// One row of logits (before the temperature) as the head answers with them: divided by
+    /// the temperature, plus the log prior. The model's output layer holds its weights so.
+    pub fn calibrated(&self, logits: &[f32]) -> Vec<f32> {
+        logits
             .iter()
             .enumerate()
             .map(|(k, v)| v / self.temperature + self.log_prior.get(k).copied().unwrap_or(0.0))
-            .collect();
-        softmax(&z, 1.0)
+            .collect()
+    }
+
+    /// The head's probabilities from its logits (before the temperature).
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
+        softmax(&self.calibrated(logits), 1.0)
     }
 
     /// The probabilities (model label order; labels not listed are 0) with which a photo votes
@@ -610,14 +615,7 @@ pub fn build(
             &[classes, hidden],
             h.w2.iter().map(|v| v / t).collect(),
         );
-        g.initializer(
-            &format!("{n}.b2"),
-            &[classes],
-            h.b2.iter()
-                .enumerate()
-                .map(|(k, v)| v / t + h.info.log_prior.get(k).copied().unwrap_or(0.0))
-                .collect(),
-        );
+        g.initializer(&format!("{n}.b2"), &[classes], h.info.calibrated(&h.b2));
         let (w1, b1, w2, b2) = (
             format!("{n}.w1_f32"),
             format!("{n}.b1"),

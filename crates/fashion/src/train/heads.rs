@@ -382,7 +382,6 @@ pub(super) fn export_head(
     } else {
         Vec::new()
     };
-    let (acc, top3) = accuracy(&logits, &data.val_y, c);
     let nll1 = nll(&logits, &data.val_y, c, 1.0);
     let temperature = if val_n > 0 {
         (0..=80)
@@ -395,22 +394,15 @@ pub(super) fn export_head(
         1.0
     };
     weights.info.temperature = temperature;
-    // The prior is added after the temperature: `(z + t × prior) / t`.
-    let (logits, (acc, top3)) = if data.log_prior.len() == c {
+    if data.log_prior.len() == c {
         weights.info.log_prior = data.log_prior.clone();
-        let adjusted: Vec<f32> = logits
-            .chunks_exact(c)
-            .flat_map(|row| {
-                row.iter()
-                    .zip(&data.log_prior)
-                    .map(|(z, p)| z + temperature * p)
-            })
-            .collect();
-        let measured = accuracy(&adjusted, &data.val_y, c);
-        (adjusted, measured)
-    } else {
-        (logits, (acc, top3))
-    };
+    }
+    // Measured as the head answers: calibrated, with its prior.
+    let answered: Vec<f32> = logits
+        .chunks_exact(c)
+        .flat_map(|row| weights.info.calibrated(row))
+        .collect();
+    let (acc, top3) = accuracy(&answered, &data.val_y, c);
     let summary = HeadSummary {
         classes: c,
         train_rows,
@@ -419,7 +411,7 @@ pub(super) fn export_head(
         val_top3: top3,
         temperature,
         val_nll_before_calibration: nll1,
-        val_nll_after_calibration: nll(&logits, &data.val_y, c, temperature),
+        val_nll_after_calibration: nll(&answered, &data.val_y, c, 1.0),
         seconds: seconds.round(),
     };
     eprintln!(

@@ -105,6 +105,17 @@ pub struct TuneJob<'a> {
     pub prior_heads: &'a [String],
 }
 
+/// How many of `rows` have each of head `k`'s `c` classes.
+fn class_counts(rows: &[usize], classes: &[Vec<i64>], k: usize, c: usize) -> Vec<f64> {
+    let mut counts = vec![0f64; c];
+    for &r in rows {
+        if let Ok(y) = usize::try_from(classes[r][k]) {
+            counts[y] += 1.0;
+        }
+    }
+    counts
+}
+
 fn cerr(e: candle_core::Error) -> Error {
     Error::Training(e.to_string())
 }
@@ -364,12 +375,7 @@ pub fn tune(job: &TuneJob, cfg: &TuneConfig, heads: &HeadConfig) -> Result<Optio
     for (k, ((name, labels), w)) in job.labels.iter().zip(&state.heads).enumerate() {
         let mut set = HeadData::new(name, labels.clone(), FEATURE_DIM).tuned();
         if job.prior_heads.contains(name) {
-            let mut counts = vec![0f64; labels.len()];
-            for &r in &train {
-                if let Ok(y) = usize::try_from(classes[r][k]) {
-                    counts[y] += 1.0;
-                }
-            }
+            let counts = class_counts(&train, &classes, k, labels.len());
             set = set.following_prior(log_prior(&counts, heads.class_balance));
         }
         for (j, &r) in val.iter().enumerate() {
@@ -471,12 +477,7 @@ fn train_tail(
         .enumerate()
         .map(|(k, (_, l))| {
             let c = l.len();
-            let mut counts = vec![0f64; c];
-            for &r in data.train {
-                if let Ok(y) = usize::try_from(data.classes[r][k]) {
-                    counts[y] += 1.0;
-                }
-            }
+            let counts = class_counts(data.train, data.classes, k, c);
             let bound = |fan_in: usize| (1.0 / fan_in as f32).sqrt();
             Ok(HeadVars {
                 w1: Var::from_vec(
