@@ -1,5 +1,6 @@
 """ONNX Runtime's Python API and `fashion classify` give the same probabilities, and the
-model's garment mask equals a NumPy computation of the mask head from its weights.
+model's garment mask and garment features equal a NumPy computation from its weights and
+feature maps.
 
 Lossless PNG copies (256x256, decoded by Pillow) of a few real photos are classified by both:
 Python crops the centre and normalises as the model's metadata says, then runs the model with
@@ -104,13 +105,29 @@ if "garment_mask" in names:
     hidden = np.maximum(hidden, 0)
     logits = np.einsum("h,nhyx->nyx", init["mask.w_out"][0, :, 0, 0], hidden) + init["mask.b_out"][0]
     want = 1 / (1 + np.exp(-logits))
+    n = len(batch)
+    # Each look's own mask; the garment features are the first look's.
+    own = want[:n]
     if flip:
-        n = len(batch)
         want = (want[:n] + want[n:, :, ::-1]) / 2
     mask_worst = float(np.abs(got[:, 0] - want).max())
     print(f"garment mask: {want.size} cells compared, max abs difference {mask_worst:.2e}")
     worst = max(worst, mask_worst)
     checked += want.size
+    if "garment_features" in names:
+        # Each channel of feat_s8 and feat_s16 averaged over the cells, weighted by the mask
+        # (on the 14x14 map: the mean of each 2x2 block of the mask).
+        own16 = own.reshape(n, 14, 2, 14, 2).mean(axis=(2, 4))
+        parts = []
+        for f, m in [(f8[:n], own), (f16[:n], own16)]:
+            area = m.mean(axis=(1, 2))
+            weighted = np.einsum("ncyx,nyx->nc", f.astype(np.float64), m) / (m.shape[1] * m.shape[2])
+            parts.append(weighted / (area[:, None] + 1e-6))
+        (gf,) = sess.run(["garment_features"], {"input": batch})
+        feat_worst = float(np.abs(gf - np.concatenate(parts, axis=1)).max())
+        print(f"garment features: {gf.size} values compared, max abs difference {feat_worst:.2e}")
+        worst = max(worst, feat_worst)
+        checked += gf.size
 if checked == 0 or worst > 1e-4:
     print("ort parity: 0 passed, 1 failed")
     sys.exit(1)

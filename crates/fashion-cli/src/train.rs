@@ -36,6 +36,11 @@ pub struct TrainArgs {
     /// Where cached features and finished heads are kept.
     #[arg(long, value_name = "DIR", default_value = ".cache/fashion")]
     cache: PathBuf,
+    /// Keep everything of the model given as --backbone and train only its pixel colour head
+    /// (`[pixel_colour]` in the config) on the colour-labelled photos: minutes instead of a
+    /// whole run.
+    #[arg(long)]
+    only_pixel_colour: bool,
     /// Where to write the model.
     #[arg(long, short, value_name = "FILE")]
     output: PathBuf,
@@ -68,7 +73,12 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         output: &args.output,
         config: &config,
     };
-    let summary = fashion::train::train(&job).context("training failed")?;
+    let summary = if args.only_pixel_colour {
+        fashion::train::retrain_pixel_colour(&job)
+    } else {
+        fashion::train::train(&job)
+    }
+    .context("training failed")?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(ExitCode::SUCCESS)
 }

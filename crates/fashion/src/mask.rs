@@ -17,6 +17,14 @@ use crate::onnx::{Attr, Graph};
 
 /// The model output holding garment probabilities, `[N, 1, MASK_SIDE, MASK_SIDE]`.
 pub const MASK_OUTPUT: &str = "garment_mask";
+/// The model output holding the garment's own low-level features, `[N, GARMENT_FEATURES_DIM]`:
+/// the mean of `feat_s8` and of `feat_s16` over the photo, each cell weighted by its garment
+/// probability ([`add_garment_features`]). What the pixel colour head reads besides the
+/// garment's pixels: the backbone's early maps describe colour and texture, and pooled over the
+/// garment alone they leave out skin, hair and background.
+pub const GARMENT_FEATURES: &str = "garment_features";
+/// Length of [`GARMENT_FEATURES`]: the channels of `feat_s8` and `feat_s16`.
+pub const GARMENT_FEATURES_DIM: usize = MASK_INPUTS[0].1 + MASK_INPUTS[1].1;
 /// Side of the mask grid (stride 8 over a 224-pixel square).
 pub const MASK_SIDE: usize = 28;
 /// The backbone feature maps the mask reads, their channels and sides.
@@ -129,6 +137,45 @@ pub fn add_to_graph(g: &mut Graph, m: &MaskWeights) {
         vec![("kernel_shape", Attr::Ints(vec![1, 1]))],
     );
     g.node("Sigmoid", &["mask.logits"], MASK_OUTPUT, vec![]);
+}
+
+/// Adds [`GARMENT_FEATURES`] to a graph that has the mask head ([`add_to_graph`]): for `feat_s8`
+/// (28x28, the mask's own grid) and `feat_s16` (14x14, the mask averaged over 2x2 cells),
+/// `mean(feature x mask) / (mean(mask) + 1e-6)` over the cells, then both side by side. The
+/// caller lists it among the graph's outputs.
+pub fn add_garment_features(g: &mut Graph) {
+    g.initializer("garment.eps", &[], vec![1e-6]);
+    g.node(
+        "AveragePool",
+        &[MASK_OUTPUT],
+        "garment.mask_s16",
+        vec![
+            ("kernel_shape", Attr::Ints(vec![2, 2])),
+            ("strides", Attr::Ints(vec![2, 2])),
+        ],
+    );
+    let over_cells = || vec![("axes", Attr::Ints(vec![2, 3])), ("keepdims", Attr::Int(0))];
+    let mut parts = Vec::new();
+    for ((input, _, _), mask) in MASK_INPUTS[..2]
+        .iter()
+        .zip([MASK_OUTPUT, "garment.mask_s16"])
+    {
+        let [weighted, sum, area, area_eps, mean] =
+            ["weighted", "sum", "area", "area_eps", "mean"].map(|s| format!("garment.{input}.{s}"));
+        g.node("Mul", &[input, mask], &weighted, vec![]);
+        g.node("ReduceMean", &[&weighted], &sum, over_cells());
+        g.node("ReduceMean", &[mask], &area, over_cells());
+        g.node("Add", &[&area, "garment.eps"], &area_eps, vec![]);
+        g.node("Div", &[&sum, &area_eps], &mean, vec![]);
+        parts.push(mean);
+    }
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    g.node(
+        "Concat",
+        &parts,
+        GARMENT_FEATURES,
+        vec![("axis", Attr::Int(1))],
+    );
 }
 
 fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -317,8 +317,9 @@ pub struct ModelInfo {
 }
 
 /// A colour family classifier on the garment's pixels ([`crate::colour::colour_features`] of the
-/// pixels the palette uses), run by `fashion` itself rather than in the ONNX graph (its input
-/// comes from the garment mask). Its answer is combined with the `colour_family` head's as
+/// pixels the palette uses) and, for heads trained since the model has it, on the garment's
+/// low-level features ([`crate::mask::GARMENT_FEATURES`]); run by `fashion` itself rather than in
+/// the ONNX graph (its input comes from the garment mask). Its answer is combined with the `colour_family` head's as
 /// `p ~ (p_head * p_pixels)^(1 / fusion_temperature)`: each votes with its probabilities, and
 /// the temperature (fitted on the validation split) keeps the product calibrated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -328,9 +329,47 @@ pub struct PixelColourHead {
     /// The classifier; its labels are the `colour_family` head's, in the same order.
     pub head: HeadWeights,
     pub fusion_temperature: f32,
+    /// Whether its features end with the model's [`crate::mask::GARMENT_FEATURES`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub garment_features: bool,
 }
 
 impl PixelColourHead {
+    /// Length of its input: see [`PixelColourHead::features`].
+    pub fn input_len(&self) -> usize {
+        crate::colour::colour_features_len(self.anchors.len())
+            + if self.garment_features {
+                crate::mask::GARMENT_FEATURES_DIM
+            } else {
+                0
+            }
+    }
+
+    /// Its input for a photo: the colour features of the garment's pixels, followed by the
+    /// model's garment features when the head reads them. [`Model::from_bytes`] refuses a model
+    /// whose head reads an output the model lacks; should `model` still be `None`, zeros stand
+    /// in.
+    pub fn features(&self, garment: &[crate::colour::lab::Lab], model: Option<&[f32]>) -> Vec<f32> {
+        let model = self.garment_features.then(|| {
+            model
+                .map(<[f32]>::to_vec)
+                .unwrap_or_else(|| vec![0.0; crate::mask::GARMENT_FEATURES_DIM])
+        });
+        Self::input(garment, &self.anchors, model.as_deref())
+    }
+
+    /// The input of a head with these `anchors` that reads the model's garment features
+    /// (`model`) or not (`None`): what [`PixelColourHead::features`] and training compute.
+    pub fn input(
+        garment: &[crate::colour::lab::Lab],
+        anchors: &[[f32; 3]],
+        model: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let mut f = crate::colour::colour_features(garment, anchors);
+        f.extend_from_slice(model.unwrap_or_default());
+        f
+    }
+
     /// Class probabilities from features, calibrated by the head's temperature.
     pub fn probabilities(&self, features: &[f32]) -> Vec<f32> {
         self.head.info.probabilities(&self.head.logits(features))
@@ -645,8 +684,11 @@ pub fn build(
     outputs.extend(head_outputs.iter().map(|(n, d)| (n.as_str(), d.clone())));
     if let Some(m) = mask {
         crate::mask::add_to_graph(&mut g, m);
+        crate::mask::add_garment_features(&mut g);
         let side = crate::mask::MASK_SIDE as i64;
         outputs.push((crate::mask::MASK_OUTPUT, vec![1, side, side]));
+        let dim = crate::mask::GARMENT_FEATURES_DIM as i64;
+        outputs.push((crate::mask::GARMENT_FEATURES, vec![dim]));
     }
     g.set_outputs(&outputs);
     if info.test_time_flip {
@@ -717,6 +759,11 @@ pub fn with_test_time_flip(model: &[u8], name: &Path) -> Result<Option<Vec<u8>>>
     g.to_bytes().map(Some)
 }
 
+/// The [`ModelInfo`] in a model file's metadata.
+pub fn read_info(model: &[u8], name: &Path) -> Result<ModelInfo> {
+    info_of(&Graph::from_bytes(model, name)?, name)
+}
+
 fn info_of(g: &Graph, name: &Path) -> Result<ModelInfo> {
     let json = g.metadata(METADATA_KEY).ok_or_else(|| {
         Error::bad_model(
@@ -736,6 +783,32 @@ pub fn single_look(model: &[u8], name: &Path) -> Result<Option<Vec<u8>>> {
     }
     let mut info = info_of(&g, name)?;
     info.test_time_flip = false;
+    set_info(&mut g, &info)?;
+    g.to_bytes().map(Some)
+}
+
+/// A model with a garment mask, given the [`crate::mask::GARMENT_FEATURES`] output that models
+/// written by `fashion train` since it was added have (its other outputs unchanged); `None` when
+/// it has that output already. A model without a mask is refused.
+pub fn with_garment_features(model: &[u8], name: &Path) -> Result<Option<Vec<u8>>> {
+    use crate::mask::{GARMENT_FEATURES, GARMENT_FEATURES_DIM, MASK_OUTPUT};
+    let mut g = Graph::from_bytes(model, name)?;
+    let outputs = g.output_names();
+    if outputs.iter().any(|o| o == GARMENT_FEATURES) {
+        return Ok(None);
+    }
+    if !outputs.iter().any(|o| o == MASK_OUTPUT) {
+        return Err(Error::bad_model(name, "it has no garment mask"));
+    }
+    let mut info = info_of(&g, name)?;
+    let flipped = crate::mirror::remove(&mut g);
+    crate::mask::add_garment_features(&mut g);
+    g.add_output(GARMENT_FEATURES, &[GARMENT_FEATURES_DIM as i64]);
+    info.test_time_flip = false;
+    if flipped {
+        add_test_time_flip(&mut g, &info, name)?;
+        info.test_time_flip = true;
+    }
     set_info(&mut g, &info)?;
     g.to_bytes().map(Some)
 }
@@ -800,7 +873,7 @@ impl Model {
                 .find(|h| h.name == crate::data::COLOUR_FAMILY)
                 .is_some_and(|h| h.labels == p.head.info.labels);
             let h = &p.head;
-            let d = crate::colour::colour_features_len(p.anchors.len());
+            let d = p.input_len();
             let c = h.info.labels.len();
             let sizes = h.w1.len() == h.info.hidden * d
                 && h.b1.len() == h.info.hidden
@@ -810,6 +883,13 @@ impl Model {
                 return Err(Error::bad_model(
                     path,
                     "the pixel colour head does not match the colour_family head or its own sizes",
+                ));
+            }
+            let garment = crate::mask::GARMENT_FEATURES;
+            if p.garment_features && !engine.output_names().iter().any(|o| o == garment) {
+                return Err(Error::bad_model(
+                    path,
+                    format!("the pixel colour head reads {garment:?}, which is not an output"),
                 ));
             }
         }
@@ -842,6 +922,14 @@ impl Model {
             .output_names()
             .iter()
             .any(|o| o == crate::mask::MASK_OUTPUT)
+    }
+
+    /// Whether the model has the [`crate::mask::GARMENT_FEATURES`] output.
+    pub fn has_garment_features(&self) -> bool {
+        self.engine
+            .output_names()
+            .iter()
+            .any(|o| o == crate::mask::GARMENT_FEATURES)
     }
 
     /// The head with this name.
@@ -1002,6 +1090,83 @@ mod tests {
     }
 
     #[test]
+    fn garment_features_are_the_early_maps_averaged_over_the_garment_mask() {
+        use crate::mask::{GARMENT_FEATURES, GARMENT_FEATURES_DIM, MASK_OUTPUT, MASK_SIDE};
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let shipped = std::fs::read(root.join("models/default.onnx")).unwrap();
+        let name = Path::new("default.onnx");
+        let given = |b: &[u8]| with_garment_features(b, name).unwrap().unwrap();
+        let single = single_look(&shipped, name)
+            .unwrap()
+            .unwrap_or_else(|| shipped.clone());
+        let one = given(&single);
+        let two = given(&with_test_time_flip(&single, name).unwrap().unwrap());
+        // Once is enough; the test-time flip stays as it was.
+        assert!(with_garment_features(&one, name).unwrap().is_none());
+        assert!(!read_info(&one, name).unwrap().test_time_flip);
+        assert!(read_info(&two, name).unwrap().test_time_flip);
+        let x = Array4::from_shape_fn((2, 3, 224, 224), |(n, c, y, x)| {
+            let inside = (40..180).contains(&x) && (30 + 20 * n..200).contains(&y);
+            let v = if inside { 0.6 - 0.4 * c as f32 } else { -0.9 };
+            v + ((x * 7 + y * 3 + n) % 13) as f32 / 40.0
+        });
+        let got = run(&one, &x, &[MASK_OUTPUT, GARMENT_FEATURES]);
+        let maps = run(
+            &mask_feature_graph(&single, name).unwrap(),
+            &x,
+            &["feat_s8", "feat_s16"],
+        );
+        assert_eq!(got[1].shape(), &[2, GARMENT_FEATURES_DIM]);
+        // By hand: each channel's cells weighted by the mask (on the 14x14 map: the mean of each
+        // 2x2 block of the mask), divided by the mask's mean.
+        let s = MASK_SIDE;
+        for n in 0..2 {
+            let m8: Vec<f32> = got[0].slice(s![n, 0, .., ..]).iter().copied().collect();
+            let m16: Vec<f32> = (0..s * s / 4)
+                .map(|i| {
+                    let (y, x) = (2 * (i / (s / 2)), 2 * (i % (s / 2)));
+                    (m8[y * s + x]
+                        + m8[y * s + x + 1]
+                        + m8[(y + 1) * s + x]
+                        + m8[(y + 1) * s + x + 1])
+                        / 4.0
+                })
+                .collect();
+            let mut want = Vec::new();
+            for (k, mask) in [m8, m16].iter().enumerate() {
+                let area = mask.iter().sum::<f32>() / mask.len() as f32;
+                assert!(area > 0.05, "the drawn shape is garment to the mask");
+                for c in maps[k].slice(s![n, .., .., ..]).outer_iter() {
+                    let sum: f32 = c.iter().zip(mask).map(|(v, m)| v * m).sum();
+                    want.push(sum / mask.len() as f32 / (area + 1e-6));
+                }
+            }
+            let row: Vec<f32> = got[1].slice(s![n, ..]).iter().copied().collect();
+            let worst = row
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "photo {n}: differs by {worst}");
+            // Not the plain mean of the maps: the mask's weights matter.
+            let plain: f32 = maps[0].slice(s![n, 0, .., ..]).mean().unwrap();
+            assert!((plain - want[0]).abs() > 1e-3);
+        }
+        // With the flip, they are the photo's own look's, as the other feature outputs.
+        let flipped = run(&two, &x, &[GARMENT_FEATURES]);
+        close(&flipped[0], &got[1], GARMENT_FEATURES);
+        // A model without a garment mask cannot have them.
+        let mut info = read_info(&single, name).unwrap();
+        info.test_time_flip = false;
+        info.pixel_colour = None;
+        info.heads.clear();
+        let heads: Vec<HeadWeights> = Vec::new();
+        let bare = build(&single, name, &heads, None, None, &info).unwrap();
+        let err = with_garment_features(&bare, name).unwrap_err().to_string();
+        assert!(err.contains("no garment mask"), "{err}");
+    }
+
+    #[test]
     fn fusion_multiplies_the_votes_and_applies_the_temperature() {
         let head = HeadWeights {
             info: HeadInfo {
@@ -1022,6 +1187,7 @@ mod tests {
             anchors: Vec::new(),
             head,
             fusion_temperature: 1.0,
+            garment_features: false,
         };
         // Logits 2 and 0 at temperature 2: softmax of 1 and 0.
         let probs = p.probabilities(&[1.0]);

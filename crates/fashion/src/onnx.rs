@@ -282,6 +282,12 @@ impl Graph {
         self.model.graph.mut_or_insert_default()
     }
 
+    /// Adds an output to the graph's outputs (float32, a dynamic batch dimension followed by
+    /// `dims`), keeping the others.
+    pub fn add_output(&mut self, name: &str, dims: &[i64]) {
+        self.graph_mut().output.push(value_info(name, dims));
+    }
+
     /// Makes `outputs` the graph's outputs, each float32 with a dynamic batch dimension followed
     /// by the given dimensions, then removes every node and initializer they do not need.
     pub fn set_outputs(&mut self, outputs: &[(&str, Vec<i64>)]) {

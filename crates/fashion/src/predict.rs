@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::colour::{self, ColourPixels, Swatch, Vocabulary};
 use crate::data::COLOUR_FAMILY;
 use crate::error::{Error, Result};
-use crate::mask::{MASK_OUTPUT, MASK_SIDE};
+use crate::mask::{GARMENT_FEATURES, GARMENT_FEATURES_DIM, MASK_OUTPUT, MASK_SIDE};
 use crate::model::Model;
 
 /// The label given to a head whose confidence is under `min_confidence`.
@@ -113,6 +113,8 @@ pub struct Prepared {
 pub struct ModelOutput {
     pub heads: Vec<Vec<f32>>,
     pub garment: Option<Vec<f32>>,
+    /// [`crate::mask::GARMENT_FEATURES`], for models that have it.
+    pub garment_features: Option<Vec<f32>>,
 }
 
 /// Runs a model on photos.
@@ -242,6 +244,10 @@ impl Classifier {
         if has_mask {
             names.push(MASK_OUTPUT);
         }
+        let has_features = self.model.has_garment_features();
+        if has_features {
+            names.push(GARMENT_FEATURES);
+        }
         let outputs = self.model.engine.run(input.view(), &names)?;
         let row = |k: usize, i: usize| -> Vec<f32> {
             outputs[k]
@@ -266,10 +272,18 @@ impl Classifier {
                 outputs[heads.len()].shape()
             )));
         }
+        let features_at = heads.len() + usize::from(has_mask);
+        if has_features && outputs[features_at].len() != photos.len() * GARMENT_FEATURES_DIM {
+            return Err(Error::Engine(format!(
+                "{GARMENT_FEATURES} has shape {:?}; expected [N, {GARMENT_FEATURES_DIM}]",
+                outputs[features_at].shape()
+            )));
+        }
         Ok((0..photos.len())
             .map(|i| ModelOutput {
                 heads: (0..heads.len()).map(|k| row(k, i)).collect(),
                 garment: has_mask.then(|| row(heads.len(), i)),
+                garment_features: has_features.then(|| row(features_at, i)),
             })
             .collect())
     }
@@ -300,7 +314,8 @@ impl Classifier {
         // The colour family is the head's and the pixel head's answers combined.
         if let Some(h) = &self.model.info.pixel_colour {
             if let Some(p) = probabilities.get_mut(COLOUR_FAMILY) {
-                let pixels = h.probabilities(&colour::colour_features(&garment, &h.anchors));
+                let pixels =
+                    h.probabilities(&h.features(&garment, out.garment_features.as_deref()));
                 *p = h.fuse(p, &pixels);
             }
         }

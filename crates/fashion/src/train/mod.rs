@@ -112,7 +112,6 @@ fn default_pixel_colour() -> HeadConfig {
         hidden: 64,
         epochs: 30,
         batch: 128,
-        dropout: 0.2,
         ..HeadConfig::default()
     }
 }
@@ -146,6 +145,59 @@ pub struct TrainSummary {
     pub output: PathBuf,
     pub seconds: f64,
     pub heads: BTreeMap<String, heads::HeadSummary>,
+}
+
+/// Trains the pixel colour head ([`crate::model::PixelColourHead`], `[pixel_colour]` in the
+/// config) of a finished model again, on the colour-labelled photos of `job.data`, and keeps
+/// everything else: `job.backbone` is that model. A model from before the
+/// [`crate::mask::GARMENT_FEATURES`] output first gets it, so that the new head reads it. A few
+/// minutes instead of a whole training run.
+pub fn retrain_pixel_colour(job: &TrainJob) -> Result<TrainSummary> {
+    let start = Instant::now();
+    let cfg = job.config;
+    if cfg.pixel_colour.hidden == 0 {
+        return Err(Error::InvalidArgument(
+            "config: [pixel_colour] hidden = 0 turns the pixel colour head off".into(),
+        ));
+    }
+    let original = std::fs::read(job.backbone).map_err(|e| Error::io(job.backbone, e))?;
+    let bytes = model::with_garment_features(&original, job.backbone)?.unwrap_or(original);
+    // The model as `fashion train` has it before the pixel colour head: without one.
+    let mut info = model::read_info(&bytes, job.backbone)?;
+    info.pixel_colour = None;
+    let bytes = model::with_info(&bytes, job.backbone, &info)?;
+    let mut datasets = Vec::new();
+    for src in job.data {
+        datasets.push(Dataset::load(&src.path, src.layout)?);
+    }
+    let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
+    let (head, summary) = pixel_colour::train_pixel_colour(
+        &bytes,
+        job.output,
+        &samples,
+        &cfg.pixel_colour,
+        cfg.seed,
+        cfg.threads,
+        cfg.backbone_batch,
+        job.cache_dir,
+    )?
+    .ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{}: the model has no {} head for the pixel colour head to vote with",
+            job.backbone.display(),
+            crate::data::COLOUR_FAMILY
+        ))
+    })?;
+    let heads = BTreeMap::from([("pixel_colour".to_string(), summary.head.clone())]);
+    info.pixel_colour = Some(head);
+    info.training["pixel_colour"] = serde_json::json!(summary);
+    let bytes = model::with_info(&bytes, job.output, &info)?;
+    write_atomically(job.output, &bytes)?;
+    Ok(TrainSummary {
+        output: job.output.to_path_buf(),
+        seconds: start.elapsed().as_secs_f64(),
+        heads,
+    })
 }
 
 /// The heads a dataset can label, in a fixed order.

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::colour::{colour_features, colour_features_len, Vocabulary};
+use crate::colour::{colour_features_len, Vocabulary};
 use crate::data::{Sample, Split, COLOUR_FAMILY};
 use crate::engine::Threads;
 use crate::error::{Error, Result};
@@ -60,7 +60,14 @@ pub fn train_pixel_colour(
             labels.iter().position(|x| x == l).map(|i| (*s, i))
         })
         .collect();
-    let dim = colour_features_len(anchors.len());
+    // Models with the garment's own features give them to the head too.
+    let garment_features = classifier.model.has_garment_features();
+    let dim = colour_features_len(anchors.len())
+        + if garment_features {
+            crate::mask::GARMENT_FEATURES_DIM
+        } else {
+            0
+        };
     let mut data = HeadData::new("pixel_colour", labels.clone(), dim);
     // The `colour_family` head's probabilities on the validation photos, for the fusion.
     let mut val_head: Vec<Vec<f32>> = Vec::new();
@@ -81,9 +88,14 @@ pub fn train_pixel_colour(
             .filter_map(|(p, s)| p.as_ref().ok().map(|p| (p, s)))
             .collect();
         let photos: Vec<&Prepared> = good.iter().map(|(p, _)| *p).collect();
-        let preds = classifier.run(&photos)?;
-        for ((prep, (sample, class)), pred) in good.iter().zip(preds) {
-            let f = colour_features(&prep.pixels.garment(&pred.colour_mask.2), &anchors);
+        for ((prep, (sample, class)), out) in good.iter().zip(classifier.infer(&photos)?) {
+            let model_features = out.garment_features.clone();
+            let pred = classifier.finish(prep, out);
+            let f = PixelColourHead::input(
+                &prep.pixels.garment(&pred.colour_mask.2),
+                &anchors,
+                model_features.as_deref(),
+            );
             for v in &f {
                 key = fnv1a(key, &v.to_le_bytes());
             }
@@ -115,6 +127,7 @@ pub fn train_pixel_colour(
         anchors,
         head: weights,
         fusion_temperature: 1.0,
+        garment_features,
     };
     let pixel_probs: Vec<Vec<f32>> = val_feats.iter().map(|f| head.probabilities(f)).collect();
     let nll = |t: f32| -> f64 {
