@@ -788,3 +788,80 @@ fn the_built_in_model_averages_a_photo_and_its_mirror_image_and_fast_takes_one_l
     // The two single looks disagree somewhat, so the mean is neither of them.
     assert!(max_diff(&probs(&one), &probs(&other)) > 1e-3);
 }
+
+#[test]
+fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let colours: [(&str, [u8; 3]); 4] = [
+        ("red", [200, 16, 46]),
+        ("blue", [30, 60, 200]),
+        ("green", [46, 139, 62]),
+        ("black", [20, 20, 22]),
+    ];
+    let mut csv = String::from("path,colour_family,split\n");
+    for (name, rgb) in colours {
+        for i in 0..3u8 {
+            let file = format!("{name}{i}.png");
+            let shade = rgb.map(|v| v.saturating_add(8 * i));
+            garment(&d.join(&file), shade);
+            let split = if i == 2 { "val" } else { "train" };
+            csv.push_str(&format!("{file},{name},{split}\n"));
+        }
+    }
+    std::fs::write(d.join("colours.csv"), csv).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default.onnx");
+    let out = d.join("out.onnx");
+    let run = fashion(
+        &[
+            "train",
+            "--csv",
+            d.join("colours.csv").to_str().unwrap(),
+            "--backbone",
+            shipped.to_str().unwrap(),
+            "--only-pixel-colour",
+            "--cache",
+            d.join("cache").to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The new head learned from these photos: 4 of them are validation photos.
+    let bytes = std::fs::read(&out).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("\"garment_features\":true"));
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(summary["heads"]["pixel_colour"]["val_rows"], 4);
+    // Everything else is the model it started from.
+    let photo = d.join("blue1.png");
+    let before = classify_one(&photo, &["--model", shipped.to_str().unwrap()]);
+    let after = classify_one(&photo, &["--model", out.to_str().unwrap()]);
+    // (category, view, article type: the colour family is no head of its own in the output.)
+    let diff = max_diff(&probabilities(&before), &probabilities(&after));
+    assert!(diff < 1e-6, "the other heads moved by {diff}");
+    assert_eq!(before["category"]["top"].as_array().unwrap().len(), 30);
+    // A model file that is not one is refused with its name.
+    std::fs::write(d.join("bad.onnx"), b"not a model").unwrap();
+    let bad = fashion(
+        &[
+            "train",
+            "--csv",
+            d.join("colours.csv").to_str().unwrap(),
+            "--backbone",
+            d.join("bad.onnx").to_str().unwrap(),
+            "--only-pixel-colour",
+            "--output",
+            d.join("never.onnx").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad.onnx"));
+    assert!(!d.join("never.onnx").exists());
+}

@@ -191,6 +191,7 @@ pub fn retrain_pixel_colour(job: &TrainJob) -> Result<TrainSummary> {
     let heads = BTreeMap::from([("pixel_colour".to_string(), summary.head.clone())]);
     info.pixel_colour = Some(head);
     info.training["pixel_colour"] = serde_json::json!(summary);
+    info.training["config"]["pixel_colour"] = serde_json::json!(cfg.pixel_colour);
     let bytes = model::with_info(&bytes, job.output, &info)?;
     write_atomically(job.output, &bytes)?;
     Ok(TrainSummary {
