@@ -317,10 +317,10 @@ pub struct ModelInfo {
 }
 
 /// A colour family classifier on the garment's pixels ([`crate::colour::colour_features`] of the
-/// pixels the palette uses) and, for heads trained since the model has it, on the garment's
-/// low-level features ([`crate::mask::GARMENT_FEATURES`]); run by `fashion` itself rather than in
-/// the ONNX graph (its input comes from the garment mask). Its answer is combined with the `colour_family` head's as
-/// `p ~ (p_head * p_pixels)^(1 / fusion_temperature)`: each votes with its probabilities, and
+/// pixels the palette uses) and, for heads trained since models have it, on the garment's
+/// low-level features ([`crate::mask::GARMENT_FEATURES`]); run by `fashion` itself rather than
+/// in the ONNX graph (its input comes from the garment mask). Its answer is combined with the
+/// `colour_family` head's as `p ~ (p_head * p_pixels)^(1 / fusion_temperature)`: each votes with its probabilities, and
 /// the temperature (fitted on the validation split) keeps the product calibrated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PixelColourHead {
@@ -337,8 +337,14 @@ pub struct PixelColourHead {
 impl PixelColourHead {
     /// Length of its input: see [`PixelColourHead::features`].
     pub fn input_len(&self) -> usize {
-        crate::colour::colour_features_len(self.anchors.len())
-            + if self.garment_features {
+        Self::input_len_of(self.anchors.len(), self.garment_features)
+    }
+
+    /// Length of the input of a head with `anchors` anchor colours that reads the model's
+    /// garment features or not.
+    pub fn input_len_of(anchors: usize, garment_features: bool) -> usize {
+        crate::colour::colour_features_len(anchors)
+            + if garment_features {
                 crate::mask::GARMENT_FEATURES_DIM
             } else {
                 0
@@ -1150,7 +1156,7 @@ mod tests {
             let mut want = Vec::new();
             for (k, mask) in [m8, m16].iter().enumerate() {
                 let area = mask.iter().sum::<f32>() / mask.len() as f32;
-                assert!(area > 0.05, "the drawn shape is garment to the mask");
+                assert!(area > 0.05, "the mask finds the sample's garment");
                 for c in maps[k].slice(s![n, .., .., ..]).outer_iter() {
                     let sum: f32 = c.iter().zip(mask).map(|(v, m)| v * m).sum();
                     want.push(sum / mask.len() as f32 / (area + 1e-6));

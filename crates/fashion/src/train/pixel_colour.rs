@@ -8,7 +8,7 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::colour::{colour_features_len, Vocabulary};
+use crate::colour::Vocabulary;
 use crate::data::{Sample, Split, COLOUR_FAMILY};
 use crate::engine::Threads;
 use crate::error::{Error, Result};
@@ -62,12 +62,7 @@ pub fn train_pixel_colour(
         .collect();
     // Models with the garment's own features give them to the head too.
     let garment_features = classifier.model.has_garment_features();
-    let dim = colour_features_len(anchors.len())
-        + if garment_features {
-            crate::mask::GARMENT_FEATURES_DIM
-        } else {
-            0
-        };
+    let dim = PixelColourHead::input_len_of(anchors.len(), garment_features);
     let mut data = HeadData::new("pixel_colour", labels.clone(), dim);
     // The `colour_family` head's probabilities on the validation photos, for the fusion.
     let mut val_head: Vec<Vec<f32>> = Vec::new();
