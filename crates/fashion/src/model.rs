@@ -356,12 +356,9 @@ impl PixelColourHead {
     /// whose head reads an output the model lacks; should `model` still be `None`, zeros stand
     /// in.
     pub fn features(&self, garment: &[crate::colour::lab::Lab], model: Option<&[f32]>) -> Vec<f32> {
-        let model = self.garment_features.then(|| {
-            model
-                .map(<[f32]>::to_vec)
-                .unwrap_or_else(|| vec![0.0; crate::mask::GARMENT_FEATURES_DIM])
-        });
-        Self::input(garment, &self.anchors, model.as_deref())
+        let zeros = [0f32; crate::mask::GARMENT_FEATURES_DIM];
+        let model = self.garment_features.then(|| model.unwrap_or(&zeros));
+        Self::input(garment, &self.anchors, model)
     }
 
     /// The input of a head with these `anchors` that reads the model's garment features
@@ -955,13 +952,20 @@ mod tests {
         engine.run(x.view(), outputs).unwrap()
     }
 
-    fn close(a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str) {
-        assert_eq!(a.shape(), b.shape(), "{what}");
-        let worst = a
-            .iter()
+    /// The largest absolute difference between the values of `a` and `b`, pair by pair.
+    fn worst<'a>(
+        a: impl IntoIterator<Item = &'a f32>,
+        b: impl IntoIterator<Item = &'a f32>,
+    ) -> f32 {
+        a.into_iter()
             .zip(b)
             .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+            .fold(0f32, f32::max)
+    }
+
+    fn close(a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str) {
+        assert_eq!(a.shape(), b.shape(), "{what}");
+        let worst = worst(a, b);
         assert!(worst < 1e-5, "{what}: differs by {worst}");
     }
 
@@ -1163,11 +1167,8 @@ mod tests {
                 }
             }
             let row: Vec<f32> = got[1].slice(s![n, ..]).iter().copied().collect();
-            let worst = row
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            assert_eq!(row.len(), want.len());
+            let worst = worst(&row, &want);
             assert!(worst < 1e-4, "photo {n}: differs by {worst}");
             // Not the plain mean of the maps: the mask's weights matter.
             let plain: f32 = maps[0].slice(s![n, 0, .., ..]).mean().unwrap();

@@ -166,31 +166,16 @@ pub fn retrain_pixel_colour(job: &TrainJob) -> Result<TrainSummary> {
     let mut info = model::read_info(&bytes, job.backbone)?;
     info.pixel_colour = None;
     let bytes = model::with_info(&bytes, job.backbone, &info)?;
-    let mut datasets = Vec::new();
-    for src in job.data {
-        datasets.push(Dataset::load(&src.path, src.layout)?);
-    }
+    let datasets = load_datasets(job)?;
     let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
-    let (head, summary) = pixel_colour::train_pixel_colour(
-        &bytes,
-        job.output,
-        &samples,
-        &cfg.pixel_colour,
-        cfg.seed,
-        cfg.threads,
-        cfg.backbone_batch,
-        job.cache_dir,
-    )?
-    .ok_or_else(|| {
+    let head = add_pixel_colour(job, &bytes, &samples, &mut info)?.ok_or_else(|| {
         Error::InvalidArgument(format!(
             "{}: the model has no {} head for the pixel colour head to vote with",
             job.backbone.display(),
             crate::data::COLOUR_FAMILY
         ))
     })?;
-    let heads = BTreeMap::from([("pixel_colour".to_string(), summary.head.clone())]);
-    info.pixel_colour = Some(head);
-    info.training["pixel_colour"] = serde_json::json!(summary);
+    let heads = BTreeMap::from([("pixel_colour".to_string(), head)]);
     info.training["config"]["pixel_colour"] = serde_json::json!(cfg.pixel_colour);
     let bytes = model::with_info(&bytes, job.output, &info)?;
     write_atomically(job.output, &bytes)?;
@@ -199,6 +184,42 @@ pub fn retrain_pixel_colour(job: &TrainJob) -> Result<TrainSummary> {
         seconds: start.elapsed().as_secs_f64(),
         heads,
     })
+}
+
+/// The datasets of `job.data`, loaded.
+fn load_datasets(job: &TrainJob) -> Result<Vec<Dataset>> {
+    job.data
+        .iter()
+        .map(|src| Dataset::load(&src.path, src.layout))
+        .collect()
+}
+
+/// Trains the pixel colour head on the model built so far (`model`, without one) and records it
+/// and its training summary in `info`. Returns the summary of the classifier itself; `None`
+/// when the model has no `colour_family` head to vote with.
+fn add_pixel_colour(
+    job: &TrainJob,
+    model: &[u8],
+    samples: &[&Sample],
+    info: &mut ModelInfo,
+) -> Result<Option<heads::HeadSummary>> {
+    let cfg = job.config;
+    let Some((head, summary)) = pixel_colour::train_pixel_colour(
+        model,
+        job.output,
+        samples,
+        &cfg.pixel_colour,
+        cfg.seed,
+        cfg.threads,
+        cfg.backbone_batch,
+        job.cache_dir,
+    )?
+    else {
+        return Ok(None);
+    };
+    info.pixel_colour = Some(head);
+    info.training["pixel_colour"] = serde_json::json!(summary);
+    Ok(Some(summary.head))
 }
 
 /// The heads a dataset can label, in a fixed order.
@@ -243,10 +264,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     let graph = model::feature_graph(&backbone_bytes, job.backbone)?;
     let engine = Engine::from_bytes(&graph, job.backbone, Threads::single(cfg.threads))?;
 
-    let mut datasets = Vec::new();
-    for src in job.data {
-        datasets.push(Dataset::load(&src.path, src.layout)?);
-    }
+    let datasets = load_datasets(job)?;
     let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     eprintln!(
@@ -432,19 +450,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
         &info,
     )?;
     if cfg.pixel_colour.hidden > 0 {
-        if let Some((head, summary)) = pixel_colour::train_pixel_colour(
-            &bytes,
-            job.output,
-            &samples,
-            &cfg.pixel_colour,
-            cfg.seed,
-            cfg.threads,
-            cfg.backbone_batch,
-            job.cache_dir,
-        )? {
-            info.pixel_colour = Some(head);
-            info.training["pixel_colour"] = serde_json::json!(summary);
-        }
+        add_pixel_colour(job, &bytes, &samples, &mut info)?;
     }
     info.training["seconds"] = serde_json::json!(start.elapsed().as_secs_f64().round());
     let bytes = model::with_info(&bytes, job.output, &info)?;
