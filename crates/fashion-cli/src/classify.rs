@@ -410,6 +410,20 @@ fn explain(
         .with_context(|| format!("cannot write {}", out.display()))
 }
 
+/// An error as the table's row for its photo shows it: the kind and the reason, without the path
+/// that starts the row (most errors name their file themselves).
+fn table_error(path: &Path, e: &fashion::Error) -> String {
+    let text = e.to_string();
+    let text = text
+        .strip_prefix(&format!("{}: ", path.display()))
+        .unwrap_or(&text);
+    if text.starts_with(e.kind()) {
+        text.to_string()
+    } else {
+        format!("{}: {text}", e.kind())
+    }
+}
+
 fn error_json(path: &Path, e: &fashion::Error) -> serde_json::Value {
     serde_json::json!({
         "path": path.display().to_string(),
@@ -576,7 +590,12 @@ impl<'a, W: Write> Writer<'a, W> {
 
     fn error(&mut self, path: &Path, e: &fashion::Error) -> Result<()> {
         match &mut self.sink {
-            Sink::Table(out) => writeln!(out, "{:<40} error: {}: {}", path.display(), e.kind(), e)?,
+            Sink::Table(out) => writeln!(
+                out,
+                "{:<40} error: {}",
+                path.display(),
+                table_error(path, e)
+            )?,
             Sink::Json { .. } | Sink::Jsonl(_) => {
                 self.json_line(&serde_json::to_string(&error_json(path, e))?)?
             }

@@ -94,8 +94,8 @@ impl ModelArgs {
         if !self.fast {
             return Ok(bytes);
         }
-        let single = fashion::model::single_look(&bytes, &self.name())
-            .with_context(|| format!("cannot load {}", self.name().display()))?;
+        // The library's errors name the model themselves.
+        let single = fashion::model::single_look(&bytes, &self.name()).context("cannot load")?;
         Ok(single.map_or(bytes, Cow::Owned))
     }
 
@@ -109,8 +109,7 @@ impl ModelArgs {
     /// The model held in `bytes` (from [`ModelArgs::bytes`]).
     pub fn model_from(&self, bytes: &[u8], threads: Threads) -> Result<Model> {
         let name = self.name();
-        Model::from_bytes(bytes, &name, threads)
-            .with_context(|| format!("cannot load {}", name.display()))
+        Model::from_bytes(bytes, &name, threads).context("cannot load")
     }
 
     /// The inference thread count asked for (0 = every core).

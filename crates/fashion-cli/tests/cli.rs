@@ -185,6 +185,47 @@ fn bad_arguments_and_missing_model_fail_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no file matches"));
 }
 
+/// An error names its file and its reason once, in the table's row and in a command's error.
+#[test]
+fn errors_say_the_path_and_the_reason_once() {
+    let dir = photo_folder();
+    let empty = dir.path().join("empty.jpg");
+    let notes = dir.path().join("notes.jpg");
+    let missing = dir.path().join("missing.jpg");
+    let paths = [&empty, &notes, &missing].map(|p| p.to_str().unwrap().to_string());
+    let out = fashion(&["classify", &paths[0], &paths[1], &paths[2]], None);
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for (path, kind) in paths.iter().zip(["empty", "unknown_format", "unreadable"]) {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(path.as_str()))
+            .unwrap_or_else(|| panic!("no row for {path}: {table}"));
+        assert_eq!(row.matches(path.as_str()).count(), 1, "{row}");
+        assert_eq!(row.matches(&format!("{kind}: ")).count(), 1, "{row}");
+    }
+    let missing_row = table.lines().find(|l| l.starts_with(&paths[2])).unwrap();
+    assert!(missing_row.contains("No such file"), "{missing_row}");
+
+    let data = dir.path().join("no-dataset");
+    let out = fashion(
+        &[
+            "eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--layout",
+            "inshop",
+            "--split",
+            "val",
+        ],
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("list_eval_partition.txt"), "{stderr}");
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+}
+
 #[test]
 fn a_killed_run_resumes_with_every_photo_exactly_once() {
     let dir = tempfile::tempdir().unwrap();

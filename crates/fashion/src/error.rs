@@ -12,12 +12,12 @@ pub enum Error {
         kind: BadImageKind,
         message: String,
     },
-    /// A file or folder could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file or folder could not be read or written. The reason is part of the message and not
+    /// a separate `source()`, so that a printed chain of causes does not say it twice.
+    #[error("{path}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A dataset, manifest or config is malformed.
     #[error("{path}: {message}")]
@@ -91,10 +91,10 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            error,
         }
     }
 
