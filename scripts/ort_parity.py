@@ -106,8 +106,8 @@ if "garment_mask" in names:
     logits = np.einsum("h,nhyx->nyx", init["mask.w_out"][0, :, 0, 0], hidden) + init["mask.b_out"][0]
     want = 1 / (1 + np.exp(-logits))
     n = len(batch)
-    # Each look's own mask; the garment features are the first look's.
-    own = want[:n]
+    # Each look's own mask: the garment features of each look are weighted by it.
+    own = want
     if flip:
         want = (want[:n] + want[n:, :, ::-1]) / 2
     mask_worst = float(np.abs(got[:, 0] - want).max())
@@ -117,14 +117,18 @@ if "garment_mask" in names:
     if "garment_features" in names:
         # Each channel of feat_s8 and feat_s16 averaged over the cells, weighted by the mask
         # (on the 14x14 map: the mean of each 2x2 block of the mask).
-        own16 = own.reshape(n, 14, 2, 14, 2).mean(axis=(2, 4))
+        # With the flip, the mean of both looks' features, as the heads' answers.
+        own16 = own.reshape(len(own), 14, 2, 14, 2).mean(axis=(2, 4))
         parts = []
-        for f, m in [(f8[:n], own), (f16[:n], own16)]:
+        for f, m in [(f8, own), (f16, own16)]:
             area = m.mean(axis=(1, 2))
             weighted = np.einsum("ncyx,nyx->nc", f.astype(np.float64), m) / (m.shape[1] * m.shape[2])
             parts.append(weighted / (area[:, None] + 1e-6))
+        want_gf = np.concatenate(parts, axis=1)
+        if flip:
+            want_gf = (want_gf[:n] + want_gf[n:]) / 2
         (gf,) = sess.run(["garment_features"], {"input": batch})
-        feat_worst = float(np.abs(gf - np.concatenate(parts, axis=1)).max())
+        feat_worst = float(np.abs(gf - want_gf).max())
         print(f"garment features: {gf.size} values compared, max abs difference {feat_worst:.2e}")
         worst = max(worst, feat_worst)
         checked += gf.size

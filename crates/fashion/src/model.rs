@@ -702,8 +702,9 @@ pub fn build(
     g.to_bytes()
 }
 
-/// Adds the test-time flip ([`crate::mirror`]) to a model's finished graph: its heads' answers
-/// and its garment mask become the mean of both looks, its feature maps stay the first look's.
+/// Adds the test-time flip ([`crate::mirror`]) to a model's finished graph: its heads' answers,
+/// its garment mask and the garment features (the pixel colour head's input) become the mean of
+/// both looks; its feature maps stay the first look's.
 fn add_test_time_flip(g: &mut Graph, info: &ModelInfo, name: &Path) -> Result<()> {
     flip_fits(g, name)?;
     let inputs = g.input_names();
@@ -718,6 +719,9 @@ fn add_test_time_flip(g: &mut Graph, info: &ModelInfo, name: &Path) -> Result<()
                 Combine::Average
             } else if o == crate::mask::MASK_OUTPUT {
                 Combine::AverageMirroredBack
+            } else if o == crate::mask::GARMENT_FEATURES {
+                // Averages over each look's garment, so nothing to mirror back.
+                Combine::Average
             } else {
                 Combine::First
             };
@@ -790,30 +794,31 @@ pub fn single_look(model: &[u8], name: &Path) -> Result<Option<Vec<u8>>> {
     g.to_bytes().map(Some)
 }
 
-/// A model with a garment mask, given the [`crate::mask::GARMENT_FEATURES`] output that models
-/// written by `fashion train` since it was added have (its other outputs unchanged); `None` when
-/// it has that output already. A model without a mask is refused.
+/// A model with a garment mask, given the [`crate::mask::GARMENT_FEATURES`] output as models
+/// written by `fashion train` now have it: added if it is missing, and with a test-time flip,
+/// the mean of both looks (models of earlier versions gave the first look's). Its other outputs
+/// are unchanged. `None` when the model has it so already. A model without a mask is refused.
 pub fn with_garment_features(model: &[u8], name: &Path) -> Result<Option<Vec<u8>>> {
     use crate::mask::{GARMENT_FEATURES, GARMENT_FEATURES_DIM, MASK_OUTPUT};
     let mut g = Graph::from_bytes(model, name)?;
     let outputs = g.output_names();
-    if outputs.iter().any(|o| o == GARMENT_FEATURES) {
-        return Ok(None);
-    }
     if !outputs.iter().any(|o| o == MASK_OUTPUT) {
         return Err(Error::bad_model(name, "it has no garment mask"));
     }
     let mut info = info_of(&g, name)?;
     let flipped = crate::mirror::remove(&mut g);
-    crate::mask::add_garment_features(&mut g);
-    g.add_output(GARMENT_FEATURES, &[GARMENT_FEATURES_DIM as i64]);
+    if !outputs.iter().any(|o| o == GARMENT_FEATURES) {
+        crate::mask::add_garment_features(&mut g);
+        g.add_output(GARMENT_FEATURES, &[GARMENT_FEATURES_DIM as i64]);
+    }
     info.test_time_flip = false;
     if flipped {
         add_test_time_flip(&mut g, &info, name)?;
         info.test_time_flip = true;
     }
     set_info(&mut g, &info)?;
-    g.to_bytes().map(Some)
+    let bytes = g.to_bytes()?;
+    Ok((bytes != model).then_some(bytes))
 }
 
 /// A model file (ONNX bytes; `name` names it in errors) with its [`ModelInfo`] replaced.
@@ -1174,9 +1179,17 @@ mod tests {
             let plain: f32 = maps[0].slice(s![n, 0, .., ..]).mean().unwrap();
             assert!((plain - want[0]).abs() > 1e-3);
         }
-        // With the flip, they are the photo's own look's, as the other feature outputs.
+        // With the flip, the mean of the photo's and its mirror image's, each over its own mask.
         let flipped = run(&two, &x, &[GARMENT_FEATURES]);
-        close(&flipped[0], &got[1], GARMENT_FEATURES);
+        let mut mirror = x.clone();
+        mirror.invert_axis(ndarray::Axis(3));
+        let mirrored = run(&one, &mirror, &[GARMENT_FEATURES]);
+        let both = (&got[1] + &mirrored[0]) / 2.0;
+        close(&flipped[0], &both, GARMENT_FEATURES);
+        assert!(
+            worst(&flipped[0], &got[1]) > 1e-3,
+            "not the first look's alone"
+        );
         // A model without a garment mask cannot have them.
         let mut info = read_info(&single, name).unwrap();
         info.test_time_flip = false;

@@ -149,9 +149,10 @@ pub struct TrainSummary {
 
 /// Trains the pixel colour head ([`crate::model::PixelColourHead`], `[pixel_colour]` in the
 /// config) of a finished model again, on the colour-labelled photos of `job.data`, and keeps
-/// everything else: `job.backbone` is that model. A model from before the
-/// [`crate::mask::GARMENT_FEATURES`] output first gets it, so that the new head reads it. A few
-/// minutes instead of a whole training run.
+/// everything else: `job.backbone` is that model. A model from an earlier version first gets the
+/// [`crate::mask::GARMENT_FEATURES`] output as `fashion train` writes it now
+/// ([`model::with_garment_features`]), so that the new head reads it. A few minutes instead of a
+/// whole training run.
 pub fn retrain_pixel_colour(job: &TrainJob) -> Result<TrainSummary> {
     let start = Instant::now();
     let cfg = job.config;
