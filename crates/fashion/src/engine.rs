@@ -206,6 +206,11 @@ impl Engine {
         &self.outputs
     }
 
+    /// Whether the model has an output of this name.
+    pub fn has_output(&self, name: &str) -> bool {
+        self.outputs.iter().any(|o| o == name)
+    }
+
     /// A `metadata_props` entry of the model.
     pub fn metadata(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).map(String::as_str)

@@ -867,7 +867,7 @@ impl Model {
         let info: ModelInfo = serde_json::from_str(json)
             .map_err(|e| Error::bad_model(path, format!("bad metadata: {e}")))?;
         for h in &info.heads {
-            if !engine.output_names().iter().any(|o| o == &h.name) {
+            if !engine.has_output(&h.name) {
                 return Err(Error::bad_model(
                     path,
                     format!("head {:?} has no output", h.name),
@@ -894,7 +894,7 @@ impl Model {
                 ));
             }
             let garment = crate::mask::GARMENT_FEATURES;
-            if p.garment_features && !engine.output_names().iter().any(|o| o == garment) {
+            if p.garment_features && !engine.has_output(garment) {
                 return Err(Error::bad_model(
                     path,
                     format!("the pixel colour head reads {garment:?}, which is not an output"),
@@ -917,7 +917,7 @@ impl Model {
         let map = self
             .head("category")
             .map_or(FEAT_S32, HeadInfo::feature_map);
-        if self.engine.output_names().iter().any(|o| o == map) {
+        if self.engine.has_output(map) {
             let g = Graph::from_bytes(bytes, &self.path)?;
             self.explainer = crate::explain::Explainer::from_graph(&g, "category");
         }
@@ -926,18 +926,12 @@ impl Model {
 
     /// Whether the model has a garment mask head ([`crate::mask`]).
     pub fn has_mask(&self) -> bool {
-        self.engine
-            .output_names()
-            .iter()
-            .any(|o| o == crate::mask::MASK_OUTPUT)
+        self.engine.has_output(crate::mask::MASK_OUTPUT)
     }
 
     /// Whether the model has the [`crate::mask::GARMENT_FEATURES`] output.
     pub fn has_garment_features(&self) -> bool {
-        self.engine
-            .output_names()
-            .iter()
-            .any(|o| o == crate::mask::GARMENT_FEATURES)
+        self.engine.has_output(crate::mask::GARMENT_FEATURES)
     }
 
     /// The head with this name.
