@@ -2,7 +2,8 @@
 
 Pillow decodes each photo, brings it to a square as the model's `fit` says (`crop`: shorter side
 resized; `squash`: both sides resized; `pad`: longer side resized, padded with the mean colour
-of the edges along it; bilinear, antialiased) and cuts the centre square; NumPy normalises;
+of the edges along it; bilinear, antialiased) and cuts the centre square the model takes (the
+crop, or the whole square for a model whose second look is the whole square); NumPy normalises;
 ONNX Runtime runs the same model file on batches; each photo's best label per head is written as
 one JSON line. One process, photos decoded one after the other while the model waits, as a
 typical script does. It computes no colour palette, so it does less work than `fashion classify`.
@@ -40,6 +41,13 @@ def fit_square(img, fit, size):
     return img.resize((int(w * size / h), size), Image.BILINEAR)
 
 
+def input_side(meta):
+    """Side of the square the model takes, as `fashion`'s ModelInfo::input_side."""
+    pre = meta["preprocess"]
+    whole = meta.get("test_time_flip", False) and meta.get("second_look", "mirror") != "mirror"
+    return max(pre["resize_shorter"], pre["crop"]) if whole else pre["crop"]
+
+
 def main():
     model, out_path, threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     photos = sys.argv[5:]
@@ -51,7 +59,7 @@ def main():
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     meta = json.loads(sess.get_modelmeta().custom_metadata_map["fashion"])
     pre = meta["preprocess"]
-    crop, size = pre["crop"], pre["resize_shorter"]
+    side, size = input_side(meta), pre["resize_shorter"]
     fit = pre.get("fit", "crop")
     mean = np.array(pre["mean"], dtype=np.float32)
     std = np.array(pre["std"], dtype=np.float32)
@@ -62,8 +70,8 @@ def main():
         img = Image.open(path).convert("RGB")
         img = fit_square(img, fit, size)
         nw, nh = img.size
-        left, top = round((nw - crop) / 2), round((nh - crop) / 2)
-        a = np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.float32)
+        left, top = round((nw - side) / 2), round((nh - side) / 2)
+        a = np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.float32)
         return ((a - mean) / std).transpose(2, 0, 1)
 
     start = time.perf_counter()

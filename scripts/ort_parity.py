@@ -3,7 +3,8 @@ model's garment mask and garment features equal a NumPy computation from its wei
 feature maps.
 
 Lossless PNG copies (256x256, decoded by Pillow) of a few real photos are classified by both:
-Python crops the centre and normalises as the model's metadata says, then runs the model with
+Python crops the centre (or keeps the whole square, for a model whose second look is the whole
+square) and normalises as the model's metadata says, then runs the model with
 onnxruntime; `fashion classify --format json --top 1000` prints every label's probability. A
 256x256 photo needs no resizing, so both sides see exactly the same pixels.
 
@@ -26,8 +27,9 @@ fashion, model_path, folder = sys.argv[1:4]
 sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
 meta = json.loads(sess.get_modelmeta().custom_metadata_map["fashion"])
 pre = meta["preprocess"]
-crop = pre["crop"]
 size = pre["resize_shorter"]
+whole = meta.get("test_time_flip", False) and meta.get("second_look", "mirror") != "mirror"
+crop = size if whole else pre["crop"]
 rng = np.random.default_rng(7)
 photos = []
 for root, _, files in sorted(os.walk(folder)):
@@ -84,8 +86,9 @@ model = onnx.load(model_path)
 names = [o.name for o in model.graph.output]
 if "garment_mask" in names:
     # Expose the backbone maps the mask reads and recompute the head in NumPy. A model with a
-    # test-time flip runs them on the photos and their mirror images (`flip/pair/` holds both
-    # looks of a graph output) and averages the two masks, the mirrored one mirrored back.
+    # test-time flip runs them on both looks (`flip/pair/` holds both looks of a graph output);
+    # with the mirrored crop as its second look it averages the two masks, the mirrored one
+    # mirrored back.
     flip = meta.get("test_time_flip", False)
     maps = ["feat_s8", "feat_s16", "flip/pair/feat_s32" if flip else "feat_s32"]
     for n in maps:
@@ -108,7 +111,10 @@ if "garment_mask" in names:
     n = len(batch)
     # Each look's own mask: the garment features of each look are weighted by it.
     own = want
-    if flip:
+    if flip and whole:
+        # A whole second look's mask covers the whole square: the mask is the crop's own.
+        want = want[:n]
+    elif flip:
         want = (want[:n] + want[n:, :, ::-1]) / 2
     mask_worst = float(np.abs(got[:, 0] - want).max())
     print(f"garment mask: {want.size} cells compared, max abs difference {mask_worst:.2e}")

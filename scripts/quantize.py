@@ -23,7 +23,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
-from reference import fit_square  # noqa: E402  (the same square as the benchmark's reference)
+from reference import fit_square, input_side  # noqa: E402  (the benchmark reference's square)
 
 
 def train_photos(data, count):
@@ -37,11 +37,12 @@ def train_photos(data, count):
 
 
 class Reader(CalibrationDataReader):
-    def __init__(self, photos, pre, batch=16):
-        self.photos, self.pre, self.batch, self.i = photos, pre, batch, 0
+    def __init__(self, photos, info, batch=16):
+        self.photos, self.pre, self.batch, self.i = photos, info["preprocess"], batch, 0
+        self.side = input_side(info)
 
     def load(self, path):
-        size, crop = self.pre["resize_shorter"], self.pre["crop"]
+        size, crop = self.pre["resize_shorter"], self.side
         img = Image.open(path).convert("RGB")
         img = fit_square(img, self.pre.get("fit", "crop"), size)
         nw, nh = img.size
@@ -70,7 +71,7 @@ def main():
         prepped = os.path.join(tmp, "prepped.onnx")
         quant_pre_process(src, prepped, skip_symbolic_shape=True)
         quantize_static(
-            prepped, dst, Reader(train_photos(data, count), info["preprocess"]),
+            prepped, dst, Reader(train_photos(data, count), info),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=["Conv"], nodes_to_quantize=convs,

@@ -9,8 +9,9 @@ use clap::Args;
 /// Write the model for other serving engines: the ONNX file itself, or a Triton Inference Server
 /// model repository. Clients must preprocess photos as the model expects: RGB, brought to a
 /// 256x256 square as the metadata's `fit` says (bilinear, antialiased; see `fit_square` in
-/// `bench/reference.py`), centre crop 224x224, `(value - 127) / 128`, float32 `[N, 3, 224, 224]`
-/// (the exact constants are in the model's `fashion` metadata).
+/// `bench/reference.py`), `(value - 127) / 128`, float32 `[N, 3, 256, 256]` for the built-in
+/// model, which cuts its own crop; with --fast, the centre 224x224 crop, `[N, 3, 224, 224]`
+/// (the exact constants are in the model's `fashion` metadata, the size in `config.pbtxt`).
 #[derive(Args)]
 pub struct ExportArgs {
     /// Write the ONNX model to this file.

@@ -37,10 +37,15 @@ pub struct TrainArgs {
     #[arg(long, value_name = "DIR", default_value = ".cache/fashion")]
     cache: PathBuf,
     /// Keep everything of the model given as --backbone and train only its pixel colour head
-    /// (`[pixel_colour]` in the config) on the colour-labelled photos: minutes instead of a
-    /// whole run.
-    #[arg(long)]
+    /// (`[pixel_colour]` in the config) on the colour-labelled photos, with the looks the config
+    /// gives the model (`test_time_flip`, `second_look`): minutes instead of a whole run.
+    #[arg(long, conflicts_with = "only_heads")]
     only_pixel_colour: bool,
+    /// Keep everything of the model given as --backbone but these heads on frozen features
+    /// (`article_type`, `colour_family`), and train them and then its pixel colour head again,
+    /// with the looks the config gives the model.
+    #[arg(long, value_name = "HEAD,...", value_delimiter = ',')]
+    only_heads: Vec<String>,
     /// Where to write the model.
     #[arg(long, short, value_name = "FILE")]
     output: PathBuf,
@@ -75,6 +80,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     };
     let summary = if args.only_pixel_colour {
         fashion::train::retrain_pixel_colour(&job)
+    } else if !args.only_heads.is_empty() {
+        fashion::train::retrain_heads(&job, &args.only_heads)
     } else {
         fashion::train::train(&job)
     }

@@ -328,7 +328,8 @@ mod tests {
         .unwrap();
         assert_eq!(three.sessions(), 3);
         // Five different photos: parts of two, two and one.
-        let batch = Array4::from_shape_fn((5, 3, 224, 224), |(n, c, y, x)| {
+        let side = crate::model::read_info(&bytes, name).unwrap().input_side() as usize;
+        let batch = Array4::from_shape_fn((5, 3, side, side), |(n, c, y, x)| {
             ((n * 7 + c * 3 + y / 8 + x / 16) % 11) as f32 / 5.0 - 1.0
         });
         let names = ["category", "garment_mask"];

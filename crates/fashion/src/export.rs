@@ -27,10 +27,11 @@ impl Default for TritonOptions {
     }
 }
 
-/// The `config.pbtxt` of a model: ONNX Runtime backend, one float input `[3, crop, crop]`, one
+/// The `config.pbtxt` of a model: ONNX Runtime backend, one float input `[3, side, side]` (the
+/// crop, or the whole square for a model that cuts its own crop), one
 /// float output per head (its probabilities, with a label file), dynamic batching.
 pub fn triton_config(info: &ModelInfo, opts: &TritonOptions) -> String {
-    let crop = info.preprocess.crop;
+    let side = info.input_side();
     let mut s = String::new();
     // `write!` to a String cannot fail.
     let _ = writeln!(s, "name: \"{}\"", opts.name);
@@ -40,7 +41,7 @@ pub fn triton_config(info: &ModelInfo, opts: &TritonOptions) -> String {
     let _ = writeln!(s, "  {{");
     let _ = writeln!(s, "    name: \"input\"");
     let _ = writeln!(s, "    data_type: TYPE_FP32");
-    let _ = writeln!(s, "    dims: [ 3, {crop}, {crop} ]");
+    let _ = writeln!(s, "    dims: [ 3, {side}, {side} ]");
     let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "]");
     let _ = writeln!(s, "output [");

@@ -25,6 +25,7 @@ pub enum Attr {
     Int(i64),
     Ints(Vec<i64>),
     Float(f32),
+    Str(String),
 }
 
 impl Graph {
@@ -138,17 +139,7 @@ impl Graph {
     /// Adds a float16 initializer named `name` and a `Cast` to float32 named `output`: half
     /// the bytes for large weights whose float16 rounding does not matter.
     pub fn initializer_f16(&mut self, name: &str, output: &str, dims: &[usize], data: &[f32]) {
-        assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");
-        let t = TensorProto {
-            name: name.to_string(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::FLOAT16 as i32,
-            raw_data: data
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect(),
-            ..Default::default()
-        };
+        let t = tensor_f16(name, dims, data);
         self.model.graph.mut_or_insert_default().initializer.push(t);
         self.node(
             "Cast",
@@ -160,15 +151,39 @@ impl Graph {
 
     /// Adds a float32 initializer of the given shape.
     pub fn initializer(&mut self, name: &str, dims: &[usize], data: Vec<f32>) {
-        assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");
-        let t = TensorProto {
-            name: name.to_string(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::FLOAT as i32,
-            raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        };
+        let t = tensor_f32(name, dims, &data);
         self.model.graph.mut_or_insert_default().initializer.push(t);
+    }
+
+    /// Replaces the values of float initializer `name` (stored as float16 when `half` is set,
+    /// as [`Graph::initializer_f16`] stores it), keeping its place in the graph. Fails when the
+    /// graph has no such initializer or it has another shape.
+    pub fn replace_initializer(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        data: &[f32],
+        half: bool,
+    ) -> std::result::Result<(), String> {
+        let t = if half {
+            tensor_f16(name, dims, data)
+        } else {
+            tensor_f32(name, dims, data)
+        };
+        let graph = self.graph_mut();
+        let old = graph
+            .initializer
+            .iter_mut()
+            .find(|i| i.name == name)
+            .ok_or_else(|| format!("no initializer {name:?}"))?;
+        if old.dims != t.dims || old.data_type != t.data_type {
+            return Err(format!(
+                "initializer {name:?} has shape {:?}, the new values {:?}",
+                old.dims, t.dims
+            ));
+        }
+        *old = t;
+        Ok(())
     }
 
     /// Adds a 1-D int64 initializer (shapes, slice bounds).
@@ -220,6 +235,10 @@ impl Graph {
                         p.type_ = AttributeType::FLOAT.into();
                         p.f = f;
                     }
+                    Attr::Str(v) => {
+                        p.type_ = AttributeType::STRING.into();
+                        p.s = v.into_bytes();
+                    }
                 }
                 p
             })
@@ -235,6 +254,52 @@ impl Graph {
                 ..Default::default()
             },
         );
+    }
+
+    /// Moves the last `count` nodes, in their order, in front of all the others.
+    pub fn move_last_to_front(&mut self, count: usize) {
+        let nodes = &mut self.graph_mut().node;
+        let count = count.min(nodes.len());
+        nodes.rotate_right(count);
+    }
+
+    /// Sets the last two dimensions (height and width) of graph input `name` to `side`.
+    pub fn set_input_side(&mut self, name: &str, side: u32) {
+        let graph = self.graph_mut();
+        let Some(input) = graph.input.iter_mut().find(|i| i.name == name) else {
+            return;
+        };
+        let Some(type_proto::Value::TensorType(t)) =
+            input.type_.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            return;
+        };
+        let Some(shape) = t.shape.as_mut() else {
+            return;
+        };
+        let n = shape.dim.len();
+        for d in shape.dim.iter_mut().skip(n.saturating_sub(2)) {
+            d.set_dim_value(i64::from(side));
+        }
+    }
+
+    /// The last two dimensions of graph input `name`, where they are fixed.
+    pub fn input_side(&self, name: &str) -> Option<(i64, i64)> {
+        let graph = self.model.graph.as_ref()?;
+        let input = graph.input.iter().find(|i| i.name == name)?;
+        let Some(type_proto::Value::TensorType(t)) =
+            input.type_.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            return None;
+        };
+        let dims = &t.shape.as_ref()?.dim;
+        let v = |d: &onnx_protobuf::tensor_shape_proto::Dimension| {
+            d.has_dim_value().then(|| d.dim_value())
+        };
+        match dims.len() {
+            n if n >= 2 => Some((v(&dims[n - 2])?, v(&dims[n - 1])?)),
+            _ => None,
+        }
     }
 
     /// How many nodes the graph has.
@@ -334,6 +399,31 @@ impl Graph {
     pub fn set_producer(&mut self, name: &str, version: &str) {
         self.model.producer_name = name.to_string();
         self.model.producer_version = version.to_string();
+    }
+}
+
+fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
+    assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");
+    TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::FLOAT as i32,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn tensor_f16(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
+    assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");
+    TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: DataType::FLOAT16 as i32,
+        raw_data: data
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect(),
+        ..Default::default()
     }
 }
 

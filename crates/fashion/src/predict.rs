@@ -103,7 +103,12 @@ pub struct Prediction {
 /// photo before the model, in parallel with it.
 #[derive(Debug, Clone)]
 pub struct Prepared {
+    /// The centre crop: what the first look sees, the garment mask covers and the palette is
+    /// drawn from.
     pub crop: RgbImage,
+    /// The whole square the crop was cut from, for a model that takes it
+    /// ([`crate::model::ModelInfo::takes_square`]).
+    pub square: Option<RgbImage>,
     pub pixels: ColourPixels,
 }
 
@@ -133,32 +138,28 @@ impl Classifier {
         }
     }
 
-    /// Decodes a photo file, cuts the model's square from it and computes its garment palette:
+    /// Decodes a photo file, brings it to the model's square and computes its garment palette:
     /// everything a photo needs before the model sees it.
     pub fn prepare_path(&self, path: &Path) -> Result<Prepared> {
-        let crop = self
-            .model
-            .info
-            .preprocess
-            .load(path, self.options.max_pixels)?;
-        Ok(self.prepare_crop(crop))
+        let pre = &self.model.info.preprocess;
+        let square = pre.load_square(path, self.options.max_pixels)?;
+        Ok(self.prepare_square(square))
     }
 
     /// Like [`Classifier::prepare_path`], for an encoded photo held in memory.
     pub fn prepare_bytes(&self, bytes: &[u8], name: &Path) -> Result<Prepared> {
-        let crop = self
-            .model
-            .info
-            .preprocess
-            .decode(bytes, name, self.options.max_pixels)?;
-        Ok(self.prepare_crop(crop))
+        let pre = &self.model.info.preprocess;
+        let square = pre.decode_square(bytes, name, self.options.max_pixels)?;
+        Ok(self.prepare_square(square))
     }
 
-    /// Prepares a photo already cut to the model's square (see [`crate::preprocess`]).
-    pub fn prepare_crop(&self, crop: RgbImage) -> Prepared {
+    /// Prepares a photo already brought to its square ([`crate::Preprocess::square`]).
+    pub fn prepare_square(&self, square: RgbImage) -> Prepared {
+        let crop = self.model.info.preprocess.cut(&square);
         Prepared {
             pixels: ColourPixels::of(&crop),
             crop,
+            square: self.model.info.takes_square().then_some(square),
         }
     }
 
@@ -334,14 +335,27 @@ impl Classifier {
         }
     }
 
-    /// The model's input tensor `[N, 3, crop, crop]` for prepared photos.
+    /// The model's input tensor `[N, 3, side, side]` for prepared photos: their crops, or
+    /// their squares for a model that takes the square.
     fn input_batch(&self, photos: &[&Prepared]) -> Result<Array4<f32>> {
-        let pre = &self.model.info.preprocess;
-        let n = pre.tensor_len();
-        let s = pre.crop as usize;
+        let info = &self.model.info;
+        let s = info.input_side() as usize;
+        let n = 3 * s * s;
         let mut input = vec![0f32; photos.len() * n];
         for (out, p) in input.chunks_mut(n).zip(photos) {
-            pre.write_tensor(&p.crop, false, out);
+            let img = if info.takes_square() {
+                p.square.as_ref().ok_or_else(|| {
+                    Error::InvalidArgument("the photo was prepared for another model".into())
+                })?
+            } else {
+                &p.crop
+            };
+            if img.width() as usize != s {
+                return Err(Error::InvalidArgument(
+                    "the photo was prepared for another model".into(),
+                ));
+            }
+            info.preprocess.write_tensor(img, false, out);
         }
         Array4::from_shape_vec((photos.len(), 3, s, s), input)
             .map_err(|e| Error::Engine(e.to_string()))

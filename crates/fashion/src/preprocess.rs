@@ -67,18 +67,39 @@ impl Default for Preprocess {
 }
 
 impl Preprocess {
-    /// Number of floats in one photo's tensor (`3 x crop x crop`).
+    /// Number of floats in the tensor of one `crop x crop` photo.
     pub fn tensor_len(&self) -> usize {
         3 * (self.crop as usize).pow(2)
+    }
+
+    /// Side of the square the crop is cut from.
+    pub fn square_side(&self) -> u32 {
+        self.resize_shorter.max(self.crop)
     }
 
     /// Brings the photo to a `resize_shorter` square as [`Preprocess::fit`] says and cuts the
     /// centre `crop x crop` square from it.
     pub fn resize_and_crop(&self, img: &RgbImage) -> Result<RgbImage> {
+        Ok(self.cut(&self.square(img)?))
+    }
+
+    /// The centre `crop x crop` square of a [`Preprocess::square`].
+    pub fn cut(&self, square: &RgbImage) -> RgbImage {
+        let (w, h) = square.dimensions();
+        let left = (w.saturating_sub(self.crop) as f64 / 2.0).round() as u32;
+        let top = (h.saturating_sub(self.crop) as f64 / 2.0).round() as u32;
+        image::imageops::crop_imm(square, left, top, self.crop, self.crop).to_image()
+    }
+
+    /// Brings the photo to a [`Preprocess::square_side`] square as [`Preprocess::fit`] says (for
+    /// [`Fit::Crop`], the centre square of the photo resized to `resize_shorter` on its shorter
+    /// side).
+    pub fn square(&self, img: &RgbImage) -> Result<RgbImage> {
         let (w, h) = img.dimensions();
         let side = self.resize_shorter;
+        let square = self.square_side();
         let (nw, nh) = match self.fit {
-            Fit::Squash => (side.max(self.crop), side.max(self.crop)),
+            Fit::Squash => (square, square),
             Fit::Pad => {
                 let scale = f64::from(side) / f64::from(w.max(h));
                 let fit = |v: u32| ((f64::from(v) * scale).round() as u32).clamp(1, side);
@@ -104,34 +125,45 @@ impl Preprocess {
         Resizer::new()
             .resize(&src, &mut dst, &opts)
             .map_err(|e| Error::InvalidArgument(format!("resize: {e}")))?;
-        let mut resized = RgbImage::from_raw(nw, nh, dst.into_vec())
+        let resized = RgbImage::from_raw(nw, nh, dst.into_vec())
             .ok_or_else(|| Error::InvalidArgument("resize: wrong buffer size".into()))?;
-        if self.fit == Fit::Pad {
-            resized = pad_to_square(&resized, side.max(self.crop));
-        }
-        let (nw, nh) = resized.dimensions();
-        let left = ((nw - self.crop) as f64 / 2.0).round() as u32;
-        let top = ((nh - self.crop) as f64 / 2.0).round() as u32;
-        Ok(image::imageops::crop_imm(&resized, left, top, self.crop, self.crop).to_image())
+        Ok(match self.fit {
+            Fit::Pad => pad_to_square(&resized, square),
+            Fit::Squash => resized,
+            Fit::Crop => {
+                let left = (nw.saturating_sub(square) as f64 / 2.0).round() as u32;
+                let top = (nh.saturating_sub(square) as f64 / 2.0).round() as u32;
+                image::imageops::crop_imm(&resized, left, top, square, square).to_image()
+            }
+        })
     }
 
     /// Decodes a photo and cuts the model's square from it: the one path every photo takes,
     /// in training and in inference. Large JPEGs are decoded at a reduced scale that still leaves
     /// at least `resize_shorter` pixels on the shorter side.
     pub fn load(&self, path: &std::path::Path, max_pixels: u64) -> Result<RgbImage> {
-        let img = crate::image::load(path, &self.decode_options(max_pixels))?;
-        self.resize_and_crop(&img)
+        self.resize_and_crop(&self.load_photo(path, max_pixels)?)
     }
 
-    /// Like [`Preprocess::load`], for an encoded photo held in memory (`name` names it in errors).
-    pub fn decode(
+    /// Decodes a photo and brings it to its [`Preprocess::square`].
+    pub fn load_square(&self, path: &std::path::Path, max_pixels: u64) -> Result<RgbImage> {
+        self.square(&self.load_photo(path, max_pixels)?)
+    }
+
+    fn load_photo(&self, path: &std::path::Path, max_pixels: u64) -> Result<RgbImage> {
+        crate::image::load(path, &self.decode_options(max_pixels))
+    }
+
+    /// Like [`Preprocess::load_square`], for an encoded photo held in memory (`name` names it in
+    /// errors).
+    pub fn decode_square(
         &self,
         bytes: &[u8],
         name: &std::path::Path,
         max_pixels: u64,
     ) -> Result<RgbImage> {
         let img = crate::image::decode(bytes, name, &self.decode_options(max_pixels))?;
-        self.resize_and_crop(&img)
+        self.square(&img)
     }
 
     fn decode_options(&self, max_pixels: u64) -> crate::image::DecodeOptions {
@@ -141,16 +173,14 @@ impl Preprocess {
         }
     }
 
-    /// Writes the normalised CHW tensor of a `crop x crop` image into `out`, mirrored left-right
-    /// when `flip` is set (the training augmentation).
+    /// Writes the normalised CHW tensor of a square image (the crop, or the whole square for a
+    /// model that cuts its own crop) into `out`, mirrored left-right when `flip` is set (the
+    /// training augmentation).
     pub fn write_tensor(&self, img: &RgbImage, flip: bool, out: &mut [f32]) {
-        let s = self.crop as usize;
-        assert_eq!(
-            img.dimensions(),
-            (self.crop, self.crop),
-            "crop the image first"
-        );
-        assert_eq!(out.len(), self.tensor_len());
+        let (w, h) = img.dimensions();
+        assert_eq!(w, h, "the model takes a square");
+        let s = w as usize;
+        assert_eq!(out.len(), 3 * s * s);
         let plane = s * s;
         for (y, row) in img.as_raw().chunks_exact(s * 3).enumerate() {
             for x in 0..s {
@@ -211,6 +241,14 @@ mod tests {
         let px = out.get_pixel(0, 0).0[0] as f64;
         let expected = (16.0 + 0.5) * 300.0 / 256.0 - 0.5;
         assert!((px - expected).abs() < 1.5, "{px} vs {expected}");
+        // The square the crop is cut from is the centre 256x256 of the 256x512 resize: its top
+        // row is y = 128, and the crop is its centre.
+        let square = p.square(&img).unwrap();
+        assert_eq!(square.dimensions(), (256, 256));
+        let py = square.get_pixel(0, 0).0[1] as f64;
+        let expected = ((128.0 + 0.5) * 600.0 / 512.0 - 0.5) % 256.0;
+        assert!((py - expected).abs() < 1.5, "{py} vs {expected}");
+        assert_eq!(p.cut(&square), out);
     }
 
     /// A square photo (of either size) gives `p` the same crop as the reference crop.
@@ -319,5 +357,11 @@ mod tests {
         p.write_tensor(&img, true, &mut t);
         assert_eq!(t[5 * 224 + 223], 1.0);
         assert_eq!(t[5 * 224], -127.0 / 128.0);
+        // A whole square (for a model that cuts its own crop) has its own side.
+        let mut square = RgbImage::new(256, 256);
+        square.put_pixel(255, 3, image::Rgb([0, 255, 0]));
+        let mut t = vec![0.0; 3 * 256 * 256];
+        p.write_tensor(&square, false, &mut t);
+        assert_eq!(t[256 * 256 + 3 * 256 + 255], 1.0);
     }
 }

@@ -77,9 +77,9 @@ impl AppState {
     /// Runs the model once so that the first request does not pay for its start, then reports
     /// ready.
     pub fn warm_up(&self) -> fashion::Result<()> {
-        let crop = self.classifier.model.info.preprocess.crop;
-        let img = image::RgbImage::from_pixel(crop, crop, image::Rgb([128, 128, 128]));
-        let prepared = self.classifier.prepare_crop(img);
+        let side = self.classifier.model.info.preprocess.square_side();
+        let img = image::RgbImage::from_pixel(side, side, image::Rgb([128, 128, 128]));
+        let prepared = self.classifier.prepare_square(img);
         self.classifier.run(&[&prepared])?;
         self.ready.store(true, Ordering::SeqCst);
         Ok(())

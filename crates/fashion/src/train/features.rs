@@ -53,15 +53,27 @@ impl<T: Stored> Deref for Rows<T> {
     }
 }
 
+/// What each photo is given to the engine as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// The centre crop.
+    Crop,
+    /// The centre crop, mirrored left to right (the training augmentation).
+    Mirrored,
+    /// The whole square the crop is cut from (for a graph that makes its own look of it,
+    /// [`crate::model::second_look_graph`]).
+    Square,
+}
+
 /// Computes (or reads back) output `output` of `engine` for `paths`, `dim` values per photo
-/// (mirrored when `flip` is set), stored as `T`. `model_key` identifies the backbone and
-/// preprocessing.
+/// given as `input` says, stored as `T`. `model_key` identifies the backbone (and the graph in
+/// front of it) and the preprocessing.
 #[allow(clippy::too_many_arguments)]
 pub fn cached_rows<T: Stored>(
     engine: &Engine,
     pre: &Preprocess,
     paths: &[PathBuf],
-    flip: bool,
+    input: Input,
     cache_dir: &Path,
     model_key: u64,
     batch: usize,
@@ -69,7 +81,7 @@ pub fn cached_rows<T: Stored>(
     output: &str,
     dim: usize,
 ) -> Result<Rows<T>> {
-    let mut key = fnv1a(model_key, &[u8::from(flip)]);
+    let mut key = fnv1a(model_key, &[input as u8]);
     if output != FEATURES {
         key = fnv1a(key, output.as_bytes());
         key = fnv1a(key, &(size_of::<T>() as u64).to_le_bytes());
@@ -96,28 +108,37 @@ pub fn cached_rows<T: Stored>(
     }
     let bar = super::photo_bar(paths.len(), label);
     bar.set_position(done as u64);
-    let n = pre.tensor_len();
+    let s = if input == Input::Square {
+        pre.square_side()
+    } else {
+        pre.crop
+    } as usize;
+    let n = 3 * s * s;
+    let max_pixels = crate::image::DEFAULT_MAX_PIXELS;
     for chunk_start in (done..paths.len()).step_by(batch.max(1)) {
         let chunk = &paths[chunk_start..(chunk_start + batch).min(paths.len())];
-        let mut input = vec![0f32; chunk.len() * n];
-        let ok: Vec<bool> = input
+        let mut tensor = vec![0f32; chunk.len() * n];
+        let ok: Vec<bool> = tensor
             .par_chunks_mut(n)
             .zip(chunk.par_iter())
-            .map(
-                |(out, p)| match pre.load(p, crate::image::DEFAULT_MAX_PIXELS) {
+            .map(|(out, p)| {
+                let img = match input {
+                    Input::Square => pre.load_square(p, max_pixels),
+                    _ => pre.load(p, max_pixels),
+                };
+                match img {
                     Ok(img) => {
-                        pre.write_tensor(&img, flip, out);
+                        pre.write_tensor(&img, input == Input::Mirrored, out);
                         true
                     }
                     Err(e) => {
                         bar.suspend(|| eprintln!("skipping {e}"));
                         false
                     }
-                },
-            )
+                }
+            })
             .collect();
-        let s = pre.crop as usize;
-        let arr = Array4::from_shape_vec((chunk.len(), 3, s, s), input)
+        let arr = Array4::from_shape_vec((chunk.len(), 3, s, s), tensor)
             .map_err(|e| Error::Engine(e.to_string()))?;
         let out = engine.run(arr.view(), &[output])?;
         let feats = out[0]
@@ -182,7 +203,13 @@ mod tests {
     #[test]
     fn cache_reads_back_the_models_rows_and_resumes_after_a_cut() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let model = Model::load(&root.join("models/default.onnx"), Threads::single(1)).unwrap();
+        // The model's single look: the crops the cache holds rows of.
+        let shipped = std::fs::read(root.join("models/default.onnx")).unwrap();
+        let name = Path::new("default.onnx");
+        let single = crate::model::single_look(&shipped, name)
+            .unwrap()
+            .unwrap_or(shipped);
+        let model = Model::from_bytes(&single, name, Threads::single(1)).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("not-a-photo.jpg");
         std::fs::write(&bad, b"plain text").unwrap();
@@ -199,7 +226,7 @@ mod tests {
                 &model.engine,
                 &model.info.preprocess,
                 &paths,
-                flip,
+                if flip { Input::Mirrored } else { Input::Crop },
                 &cache,
                 7,
                 2,

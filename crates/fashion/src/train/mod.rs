@@ -23,8 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Dataset, Layout, Sample, Split};
 use crate::engine::{Engine, Threads};
 use crate::error::{Error, Result};
+use crate::mirror::SecondLook;
 use crate::model::{self, HeadWeights, ModelInfo};
 use crate::preprocess::Preprocess;
+use features::Input;
 
 pub use heads::HeadConfig;
 pub use mask::MaskConfig;
@@ -53,10 +55,19 @@ pub struct TrainConfig {
     /// Also cache and train on left-right mirrored photos.
     #[serde(default = "default_true")]
     pub flip: bool,
-    /// The model looks at each photo twice, as it is and mirrored, and averages the two
-    /// ([`crate::mirror`]): twice the work per photo, slightly more accurate.
+    /// The model looks at each photo twice and averages the two ([`crate::mirror`]): twice the
+    /// work per photo, more accurate.
     #[serde(default = "default_true")]
     pub test_time_flip: bool,
+    /// What the second look sees: `mirror` (the crop mirrored), `whole` or `whole-mirrored`
+    /// (the whole square the crop is cut from, shrunk to the crop's size).
+    #[serde(default = "default_second_look")]
+    pub second_look: SecondLook,
+    /// Heads on frozen features that also learn from the second look of every training photo
+    /// when it is the whole square (as they learn from the mirror image), so that they know the
+    /// look they are asked about. The colour family head learned no better from it.
+    #[serde(default = "default_second_look_heads")]
+    pub second_look_heads: Vec<String>,
     /// Heads whose answers follow how often each class occurs in training: `[heads]
     /// class_balance` weights the loss towards rare classes so that they are learnt; for
     /// these heads its effect is taken back out of the answer ([`heads::log_prior`]), which
@@ -100,6 +111,12 @@ fn default_batch() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+fn default_second_look() -> SecondLook {
+    SecondLook::WholeMirrored
+}
+fn default_second_look_heads() -> Vec<String> {
+    vec![crate::data::ARTICLE_TYPE.into()]
 }
 fn default_prior_heads() -> Vec<String> {
     vec![crate::data::CATEGORY.into()]
@@ -149,12 +166,86 @@ pub struct TrainSummary {
 
 /// Trains the pixel colour head ([`crate::model::PixelColourHead`], `[pixel_colour]` in the
 /// config) of a finished model again, on the colour-labelled photos of `job.data`, and keeps
-/// everything else: `job.backbone` is that model. A model from an earlier version first gets the
-/// [`crate::mask::GARMENT_FEATURES`] output as `fashion train` writes it now
-/// ([`model::with_garment_features`]), so that the new head reads it. A few minutes instead of a
-/// whole training run.
+/// everything else: `job.backbone` is that model. The model's looks are first brought up to
+/// date ([`current_looks`]). A few minutes instead of a whole training run.
 pub fn retrain_pixel_colour(job: &TrainJob) -> Result<TrainSummary> {
     let start = Instant::now();
+    let bytes = current_looks(job)?;
+    let datasets = load_datasets(job)?;
+    let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
+    let mut heads = BTreeMap::new();
+    finish_retrained(job, bytes, &samples, &mut heads)?;
+    Ok(TrainSummary {
+        output: job.output.to_path_buf(),
+        seconds: start.elapsed().as_secs_f64(),
+        heads,
+    })
+}
+
+/// Trains the heads `names` of a finished model, heads that read the backbone's frozen features
+/// (not fine-tuned with its tail: `article_type` and `colour_family` in the built-in model),
+/// again on `job.data`, then its pixel colour head, and keeps everything else: its other heads,
+/// its fine-tuned layers, its garment mask. `job.backbone` is that model; its looks are first brought up
+/// to date ([`current_looks`]), so that the heads learn the looks the model takes.
+pub fn retrain_heads(job: &TrainJob, names: &[String]) -> Result<TrainSummary> {
+    let start = Instant::now();
+    let cfg = job.config;
+    let bytes = current_looks(job)?;
+    let info = model::read_info(&bytes, job.backbone)?;
+    let frozen_heads: Vec<&str> = info
+        .heads
+        .iter()
+        .filter(|h| !h.tuned)
+        .map(|h| h.name.as_str())
+        .collect();
+    if let Some(bad) = names.iter().find(|n| !frozen_heads.contains(&n.as_str())) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: {bad:?} is not one of the model's heads on frozen features ({})",
+            job.backbone.display(),
+            frozen_heads.join(", ")
+        )));
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    if names.is_empty() {
+        return Err(Error::InvalidArgument("no head named to train".into()));
+    }
+    let key = model_key(&bytes, &cfg.preprocess);
+    let datasets = load_datasets(job)?;
+    let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
+    report_photos(&samples, datasets.len());
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+    let frozen = frozen_features(job, &bytes, key, &paths, &names)?;
+    let trained = train_frozen_heads(job, &samples, &frozen, key, &names)?;
+    let weights: Vec<HeadWeights> = trained.iter().map(|(w, _)| w.clone()).collect();
+    let bytes = model::with_heads(&bytes, job.backbone, &weights)?;
+    let mut heads: BTreeMap<String, heads::HeadSummary> =
+        trained.into_iter().map(|(w, s)| (w.info.name, s)).collect();
+    if heads.is_empty() {
+        return Err(Error::InvalidArgument(
+            "the data labels none of the model's heads on frozen features".into(),
+        ));
+    }
+    let mut info = model::read_info(&bytes, job.backbone)?;
+    for (name, summary) in &heads {
+        info.training["heads"][name] = serde_json::json!(summary);
+    }
+    info.training["config"]["heads"] = serde_json::json!(cfg.heads);
+    info.training["config"]["second_look_heads"] = serde_json::json!(cfg.second_look_heads);
+    let bytes = model::with_info(&bytes, job.backbone, &info)?;
+    finish_retrained(job, bytes, &samples, &mut heads)?;
+    Ok(TrainSummary {
+        output: job.output.to_path_buf(),
+        seconds: start.elapsed().as_secs_f64(),
+        heads,
+    })
+}
+
+/// The finished model `job.backbone` with its looks as the config says now: a model of an
+/// earlier version first gets the [`crate::mask::GARMENT_FEATURES`] output as `fashion train`
+/// writes it ([`model::with_garment_features`]); then its second look becomes the config's
+/// (`test_time_flip`, `second_look`). A config without a pixel colour head is refused first:
+/// both ways of training part of a model end by training it.
+fn current_looks(job: &TrainJob) -> Result<Vec<u8>> {
     let cfg = job.config;
     if cfg.pixel_colour.hidden == 0 {
         return Err(Error::InvalidArgument(
@@ -163,28 +254,41 @@ pub fn retrain_pixel_colour(job: &TrainJob) -> Result<TrainSummary> {
     }
     let original = std::fs::read(job.backbone).map_err(|e| Error::io(job.backbone, e))?;
     let bytes = model::with_garment_features(&original, job.backbone)?.unwrap_or(original);
+    let looked = if cfg.test_time_flip {
+        model::with_second_look(&bytes, job.backbone, cfg.second_look)?
+    } else {
+        model::single_look(&bytes, job.backbone)?
+    };
+    Ok(looked.unwrap_or(bytes))
+}
+
+/// Trains the pixel colour head of `bytes` (a finished model) again, records it and the config
+/// in the model's metadata and writes the model to `job.output`.
+fn finish_retrained(
+    job: &TrainJob,
+    bytes: Vec<u8>,
+    samples: &[&Sample],
+    heads: &mut BTreeMap<String, heads::HeadSummary>,
+) -> Result<()> {
+    let cfg = job.config;
     // The model as `fashion train` has it before the pixel colour head: without one.
     let mut info = model::read_info(&bytes, job.backbone)?;
     info.pixel_colour = None;
     let bytes = model::with_info(&bytes, job.backbone, &info)?;
-    let datasets = load_datasets(job)?;
-    let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
-    let head = add_pixel_colour(job, &bytes, &samples, &mut info)?.ok_or_else(|| {
+    let head = add_pixel_colour(job, &bytes, samples, &mut info)?.ok_or_else(|| {
         Error::InvalidArgument(format!(
             "{}: the model has no {} head for the pixel colour head to vote with",
             job.backbone.display(),
             crate::data::COLOUR_FAMILY
         ))
     })?;
-    let heads = BTreeMap::from([("pixel_colour".to_string(), head)]);
-    info.training["config"]["pixel_colour"] = serde_json::json!(cfg.pixel_colour);
+    heads.insert("pixel_colour".to_string(), head);
+    let config = &mut info.training["config"];
+    config["pixel_colour"] = serde_json::json!(cfg.pixel_colour);
+    config["test_time_flip"] = serde_json::json!(cfg.test_time_flip);
+    config["second_look"] = serde_json::json!(cfg.second_look);
     let bytes = model::with_info(&bytes, job.output, &info)?;
-    write_atomically(job.output, &bytes)?;
-    Ok(TrainSummary {
-        output: job.output.to_path_buf(),
-        seconds: start.elapsed().as_secs_f64(),
-        heads,
-    })
+    write_atomically(job.output, &bytes)
 }
 
 /// The datasets of `job.data`, loaded.
@@ -238,6 +342,7 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     for (key, names) in [
         ("tune.heads", &cfg.tune.heads),
         ("prior_heads", &cfg.prior_heads),
+        ("second_look_heads", &cfg.second_look_heads),
     ] {
         if let Some(bad) = names.iter().find(|h| !HEAD_ORDER.contains(&h.as_str())) {
             return Err(Error::InvalidArgument(format!(
@@ -255,73 +360,21 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     if cfg.test_time_flip {
         model::check_test_time_flip(&backbone_bytes, job.backbone)?;
     }
-    let mut model_key = crate::hash::fnv1a(crate::hash::START, &backbone_bytes);
-    model_key = crate::hash::fnv1a(
-        model_key,
-        serde_json::to_string(&cfg.preprocess)
-            .unwrap_or_default()
-            .as_bytes(),
-    );
-    let graph = model::feature_graph(&backbone_bytes, job.backbone)?;
-    let engine = Engine::from_bytes(&graph, job.backbone, Threads::single(cfg.threads))?;
-
+    let model_key = model_key(&backbone_bytes, &cfg.preprocess);
     let datasets = load_datasets(job)?;
     let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
+    report_photos(&samples, datasets.len());
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
-    eprintln!(
-        "{} photos ({} train, {} val) from {} dataset(s)",
-        samples.len(),
-        samples.iter().filter(|s| s.split == Split::Train).count(),
-        samples.iter().filter(|s| s.split == Split::Val).count(),
-        datasets.len()
-    );
-    let plain = features::cached_rows::<f32>(
-        &engine,
-        &cfg.preprocess,
-        &paths,
-        false,
-        job.cache_dir,
-        model_key,
-        cfg.backbone_batch,
-        "features",
-        model::FEATURES,
-        model::FEATURE_DIM,
-    )?;
-    let flipped = if cfg.flip {
-        Some(features::cached_rows::<f32>(
-            &engine,
-            &cfg.preprocess,
-            &paths,
-            true,
-            job.cache_dir,
-            model_key,
-            cfg.backbone_batch,
-            "flipped",
-            model::FEATURES,
-            model::FEATURE_DIM,
-        )?)
-    } else {
-        None
-    };
+    let untuned: Vec<&str> = HEAD_ORDER
+        .into_iter()
+        .filter(|h| !cfg.tune.heads.iter().any(|t| t == h))
+        .collect();
+    let frozen = frozen_features(job, &backbone_bytes, model_key, &paths, &untuned)?;
 
-    // Each head's labels: those seen often enough in training, sorted.
-    let head_labels = |name: &str| -> Vec<String> {
-        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-        for s in &samples {
-            if let (Some(l), Split::Train) = (s.labels.get(name), s.split) {
-                *counts.entry(l).or_default() += 1;
-            }
-        }
-        counts
-            .iter()
-            .filter(|(_, &c)| c >= cfg.min_class_count)
-            .map(|(l, _)| l.to_string())
-            .collect()
-    };
     let tuned_labels: Vec<(String, Vec<String>)> = HEAD_ORDER
         .iter()
         .filter(|h| cfg.tune.heads.iter().any(|t| t == *h))
-        .map(|h| (h.to_string(), head_labels(h)))
+        .map(|h| (h.to_string(), head_labels(&samples, h, cfg.min_class_count)))
         .filter(|(_, l)| l.len() >= 2)
         .collect();
     let mut tuned = if tuned_labels.is_empty() {
@@ -346,63 +399,27 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
             &cfg.heads,
         )?
     };
-    let mut tuned_heads = BTreeMap::new();
+    let mut trained = BTreeMap::new();
     if let Some(t) = &mut tuned {
         for (w, s) in std::mem::take(&mut t.heads) {
-            tuned_heads.insert(w.info.name.clone(), (w, s));
+            trained.insert(w.info.name.clone(), (w, s));
         }
     }
-
+    // A fine-tuned head was trained with the tail; the others read the frozen features.
+    let others: Vec<&str> = HEAD_ORDER
+        .into_iter()
+        .filter(|h| !trained.contains_key(*h))
+        .collect();
+    for (w, s) in train_frozen_heads(job, &samples, &frozen, model_key, &others)? {
+        trained.insert(w.info.name.clone(), (w, s));
+    }
     let mut head_weights = Vec::new();
     let mut summaries = BTreeMap::new();
     for name in HEAD_ORDER {
-        // A fine-tuned head was trained with the tail.
-        if let Some((weights, summary)) = tuned_heads.remove(name) {
+        if let Some((weights, summary)) = trained.remove(name) {
             summaries.insert(name.to_string(), summary);
             head_weights.push(weights);
-            continue;
         }
-        let labelled: Vec<(usize, &str, Split)> = samples
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.labels.get(name).map(|l| (i, l.as_str(), s.split)))
-            .collect();
-        let labels = head_labels(name);
-        if labels.len() < 2 {
-            continue;
-        }
-        let index: BTreeMap<&str, usize> = labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.as_str(), i))
-            .collect();
-        let mut set = heads::HeadData::new(name, labels.clone(), model::FEATURE_DIM);
-        if cfg.prior_heads.iter().any(|h| h == name) {
-            let mut counts = vec![0f64; labels.len()];
-            for (_, l, split) in &labelled {
-                if let (Some(&class), Split::Train) = (index.get(l), split) {
-                    counts[class] += 1.0;
-                }
-            }
-            set = set.following_prior(heads::log_prior(&counts, cfg.heads.class_balance));
-        }
-        for (i, l, split) in &labelled {
-            let Some(&class) = index.get(l) else { continue };
-            let row = |f: &[f32]| f[i * model::FEATURE_DIM..(i + 1) * model::FEATURE_DIM].to_vec();
-            match split {
-                Split::Train => {
-                    set.push_train(row(&plain), class);
-                    if let Some(f) = &flipped {
-                        set.push_train(row(f), class);
-                    }
-                }
-                Split::Val => set.push_val(row(&plain), class),
-            }
-        }
-        let (weights, summary) =
-            heads::train_head(set, &cfg.heads, cfg.seed, job.cache_dir, model_key)?;
-        summaries.insert(name.to_string(), summary);
-        head_weights.push(weights);
     }
     if head_weights.is_empty() {
         return Err(Error::InvalidArgument(
@@ -463,6 +480,172 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     })
 }
 
+/// The key of everything cached for a backbone (ONNX bytes) and preprocessing.
+fn model_key(backbone: &[u8], pre: &Preprocess) -> u64 {
+    let key = crate::hash::fnv1a(crate::hash::START, backbone);
+    crate::hash::fnv1a(
+        key,
+        serde_json::to_string(pre).unwrap_or_default().as_bytes(),
+    )
+}
+
+/// Prints how many photos training reads.
+fn report_photos(samples: &[&Sample], datasets: usize) {
+    eprintln!(
+        "{} photos ({} train, {} val) from {} dataset(s)",
+        samples.len(),
+        samples.iter().filter(|s| s.split == Split::Train).count(),
+        samples.iter().filter(|s| s.split == Split::Val).count(),
+        datasets
+    );
+}
+
+/// A head's labels: those seen at least `min_count` times in training, sorted.
+fn head_labels(samples: &[&Sample], name: &str, min_count: usize) -> Vec<String> {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in samples {
+        if let (Some(l), Split::Train) = (s.labels.get(name), s.split) {
+            *counts.entry(l).or_default() += 1;
+        }
+    }
+    counts
+        .iter()
+        .filter(|(_, &c)| c >= min_count)
+        .map(|(l, _)| l.to_string())
+        .collect()
+}
+
+/// The pooled backbone features of every photo that the heads on frozen features learn from:
+/// the crop's, its mirror image's (with `flip`), and the second look's of a model whose second
+/// look is the whole square, for the heads `second_look_heads` names (of `names`, the heads to
+/// train).
+/// Whether any of the heads `names` learns from the second look.
+fn learns_second_look(cfg: &TrainConfig, names: &[&str]) -> bool {
+    cfg.test_time_flip
+        && cfg.second_look.whole()
+        && names
+            .iter()
+            .any(|n| cfg.second_look_heads.iter().any(|h| h == n))
+}
+
+struct FrozenFeatures {
+    plain: features::Rows<f32>,
+    flipped: Option<features::Rows<f32>>,
+    second: Option<features::Rows<f32>>,
+}
+
+fn frozen_features(
+    job: &TrainJob,
+    backbone: &[u8],
+    model_key: u64,
+    paths: &[PathBuf],
+    names: &[&str],
+) -> Result<FrozenFeatures> {
+    let cfg = job.config;
+    let graph = model::feature_graph(backbone, job.backbone)?;
+    let threads = Threads::single(cfg.threads);
+    let engine = Engine::from_bytes(&graph, job.backbone, threads)?;
+    let rows = |engine: &Engine, input: Input, key: u64, label: &str| {
+        features::cached_rows::<f32>(
+            engine,
+            &cfg.preprocess,
+            paths,
+            input,
+            job.cache_dir,
+            key,
+            cfg.backbone_batch,
+            label,
+            model::FEATURES,
+            model::FEATURE_DIM,
+        )
+    };
+    let plain = rows(&engine, Input::Crop, model_key, "features")?;
+    let flipped = if cfg.flip {
+        Some(rows(&engine, Input::Mirrored, model_key, "flipped")?)
+    } else {
+        None
+    };
+    let second = if learns_second_look(cfg, names) {
+        let look = cfg.second_look;
+        let graph = model::second_look_graph(&graph, job.backbone, look, &cfg.preprocess)?;
+        let engine = Engine::from_bytes(&graph, job.backbone, threads)?;
+        let key = crate::hash::fnv1a(model_key, format!("{look:?}").as_bytes());
+        Some(rows(&engine, Input::Square, key, "second looks")?)
+    } else {
+        None
+    };
+    Ok(FrozenFeatures {
+        plain,
+        flipped,
+        second,
+    })
+}
+
+/// Trains the heads `names` (those of them the data labels with at least two classes) on the
+/// frozen features: every look of a training photo is a training row; the validation photos'
+/// crops calibrate.
+fn train_frozen_heads(
+    job: &TrainJob,
+    samples: &[&Sample],
+    frozen: &FrozenFeatures,
+    model_key: u64,
+    names: &[&str],
+) -> Result<Vec<(HeadWeights, heads::HeadSummary)>> {
+    let cfg = job.config;
+    let mut out = Vec::new();
+    for &name in names {
+        let labelled: Vec<(usize, &str, Split)> = samples
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.labels.get(name).map(|l| (i, l.as_str(), s.split)))
+            .collect();
+        let labels = head_labels(samples, name, cfg.min_class_count);
+        if labels.len() < 2 {
+            continue;
+        }
+        let index: BTreeMap<&str, usize> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i))
+            .collect();
+        let second = learns_second_look(cfg, &[name]);
+        let mut set = heads::HeadData::new(name, labels.clone(), model::FEATURE_DIM);
+        if cfg.prior_heads.iter().any(|h| h == name) {
+            let mut counts = vec![0f64; labels.len()];
+            for (_, l, split) in &labelled {
+                if let (Some(&class), Split::Train) = (index.get(l), split) {
+                    counts[class] += 1.0;
+                }
+            }
+            set = set.following_prior(heads::log_prior(&counts, cfg.heads.class_balance));
+        }
+        for (i, l, split) in &labelled {
+            let Some(&class) = index.get(l) else { continue };
+            let row = |f: &[f32]| f[i * model::FEATURE_DIM..(i + 1) * model::FEATURE_DIM].to_vec();
+            match split {
+                Split::Train => {
+                    set.push_train(row(&frozen.plain), class);
+                    if let Some(f) = &frozen.flipped {
+                        set.push_train(row(f), class);
+                    }
+                    if let Some(f) = frozen.second.as_ref().filter(|_| second) {
+                        set.push_train(row(f), class);
+                    }
+                }
+                Split::Val => set.push_val(row(&frozen.plain), class),
+            }
+        }
+        out.push(heads::train_head(
+            set,
+            &cfg.heads,
+            cfg.seed,
+            job.cache_dir,
+            model_key,
+        )?);
+    }
+    Ok(out)
+}
+
 fn model_info(
     job: &TrainJob,
     heads: &[HeadWeights],
@@ -487,6 +670,7 @@ fn model_info(
         }),
         pixel_colour: None,
         test_time_flip: job.config.test_time_flip,
+        second_look: job.config.second_look,
     }
 }
 
@@ -578,7 +762,45 @@ mod tests {
         let err = error(&cfg).to_string();
         assert!(err.contains("tune.heads names \"pose\""), "{err}");
         cfg.tune.heads.pop();
+        cfg.second_look_heads.push("fabric".into());
+        let err = error(&cfg).to_string();
+        assert!(err.contains("second_look_heads names \"fabric\""), "{err}");
+        cfg.second_look_heads.pop();
         assert!(error(&cfg).to_string().contains("no such dataset"));
+    }
+
+    #[test]
+    fn training_heads_again_takes_only_heads_on_frozen_features() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cfg = TrainConfig::from_file(&root.join("configs/default.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let data = [DataSource {
+            path: dir.path().join("no such dataset"),
+            layout: Layout::Fpi,
+        }];
+        let job = TrainJob {
+            backbone: &root.join("models/default.onnx"),
+            data: &data,
+            cache_dir: dir.path(),
+            output: &dir.path().join("out.onnx"),
+            config: &cfg,
+        };
+        let err = |heads: &[&str]| {
+            let heads: Vec<String> = heads.iter().map(|h| h.to_string()).collect();
+            retrain_heads(&job, &heads).unwrap_err().to_string()
+        };
+        // `category` is fine-tuned with the tail; `fabric` is no head at all.
+        for bad in ["category", "fabric"] {
+            let e = err(&["article_type", bad]);
+            assert!(
+                e.contains(&format!(
+                    "{bad:?} is not one of the model's heads on frozen features"
+                )),
+                "{e}"
+            );
+        }
+        assert!(err(&["article_type"]).contains("no such dataset"));
+        assert!(!dir.path().join("out.onnx").exists());
     }
 
     #[test]

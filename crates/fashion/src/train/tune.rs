@@ -24,6 +24,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::depthwise::depthwise;
+use super::features::Input;
 use super::heads::{
     class_weights, export_head, log_prior, uniform, weighted_ce, HeadConfig, HeadData, HeadSummary,
     Trained,
@@ -272,12 +273,12 @@ pub fn tune(job: &TuneJob, cfg: &TuneConfig, heads: &HeadConfig) -> Result<Optio
         .iter()
         .map(|&i| job.samples[i].path.clone())
         .collect();
-    let maps = |flip: bool, label: &str| {
+    let maps = |input: Input, label: &str| {
         super::features::cached_rows::<f16>(
             &engine,
             job.pre,
             &paths,
-            flip,
+            input,
             job.cache_dir,
             job.model_key,
             job.backbone_batch,
@@ -286,9 +287,9 @@ pub fn tune(job: &TuneJob, cfg: &TuneConfig, heads: &HeadConfig) -> Result<Optio
             dim,
         )
     };
-    let plain = maps(false, "tail maps")?;
+    let plain = maps(Input::Crop, "tail maps")?;
     let flipped = if job.flip {
-        Some(maps(true, "tail flipped")?)
+        Some(maps(Input::Mirrored, "tail flipped")?)
     } else {
         None
     };
@@ -741,6 +742,7 @@ mod tests {
                     training: serde_json::Value::Null,
                     pixel_colour: None,
                     test_time_flip: false,
+                    second_look: Default::default(),
                 };
                 let built = model::build(&bytes, name, &[], Some(layers), None, &info).unwrap();
                 let engine = Engine::from_bytes(&built, name, Threads::single(1)).unwrap();
