@@ -487,6 +487,11 @@ pub fn second_look_graph(
     look: SecondLook,
     pre: &Preprocess,
 ) -> Result<Vec<u8>> {
+    if !look.whole() {
+        return Err(Error::InvalidArgument(format!(
+            "the second look {look:?} does not take the whole square"
+        )));
+    }
     let mut g = Graph::from_bytes(graph, name)?;
     flip_fits(&g, name)?;
     let inputs = g.input_names();
