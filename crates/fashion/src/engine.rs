@@ -113,6 +113,8 @@ impl Threads {
 pub struct Engine {
     sessions: Vec<Mutex<Session>>,
     input: String,
+    /// The input's dimensions (`-1` where they are dynamic).
+    input_dims: Vec<i64>,
     outputs: Vec<String>,
     metadata: HashMap<String, String>,
 }
@@ -140,8 +142,14 @@ impl Engine {
             .collect::<Result<Vec<_>>>()?;
         let bad = |e: ort::Error| Error::bad_model(name, e.to_string());
         let first = &sessions[0];
-        let input = match first.inputs() {
-            [one] => one.name().to_string(),
+        let (input, input_dims) = match first.inputs() {
+            [one] => (
+                one.name().to_string(),
+                one.dtype()
+                    .tensor_shape()
+                    .map(|s| s.to_vec())
+                    .unwrap_or_default(),
+            ),
             other => {
                 return Err(Error::bad_model(
                     name,
@@ -166,6 +174,7 @@ impl Engine {
         Ok(Engine {
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             input,
+            input_dims,
             outputs,
             metadata,
         })
@@ -194,6 +203,15 @@ impl Engine {
         builder
             .commit_from_memory(bytes)
             .map_err(|e| Error::bad_model(name, e.to_string()))
+    }
+
+    /// Side of the square photos the model takes, where its input is `[N, C, side, side]` with
+    /// a fixed side.
+    pub fn input_side(&self) -> Option<i64> {
+        match self.input_dims[..] {
+            [_, _, h, w] if h == w && h > 0 => Some(h),
+            _ => None,
+        }
     }
 
     /// How many sessions share each batch ([`Threads::sessions`]).

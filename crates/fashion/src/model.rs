@@ -967,6 +967,17 @@ impl Model {
         })?;
         let info: ModelInfo = serde_json::from_str(json)
             .map_err(|e| Error::bad_model(path, format!("bad metadata: {e}")))?;
+        let side = i64::from(info.input_side());
+        if let Some(takes) = engine.input_side().filter(|&s| s != side) {
+            return Err(Error::bad_model(
+                path,
+                format!(
+                    "its graph takes {takes}x{takes} photos, its metadata {side}x{side} (second \
+                     look {:?})",
+                    info.second_look
+                ),
+            ));
+        }
         for h in &info.heads {
             if !engine.has_output(&h.name) {
                 return Err(Error::bad_model(
@@ -1234,6 +1245,20 @@ mod tests {
             let w = worst(&got[0], &want[0]);
             assert!(w < 2e-4, "{look:?}: differs by {w}");
         }
+        // Metadata that says another input than the graph takes is refused on load.
+        let two = with_second_look(&single, name, SecondLook::WholeMirrored)
+            .unwrap()
+            .unwrap();
+        let mut wrong = info(&two);
+        wrong.second_look = SecondLook::Mirror;
+        let bad = with_info(&two, name, &wrong).unwrap();
+        let err = Model::from_bytes(&bad, name, Threads::single(1)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("graph takes 256x256 photos, its metadata 224x224"),
+            "{err}"
+        );
+        assert!(Model::from_bytes(&two, name, Threads::single(1)).is_ok());
         // One second look replaces the other.
         let whole_model = with_second_look(&single, name, SecondLook::Whole)
             .unwrap()

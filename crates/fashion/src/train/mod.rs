@@ -213,6 +213,15 @@ pub fn retrain_heads(job: &TrainJob, names: &[String]) -> Result<TrainSummary> {
     let datasets = load_datasets(job)?;
     let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
     report_photos(&samples, datasets.len());
+    // Refused now, not after the features are cached.
+    if let Some(bare) = names
+        .iter()
+        .find(|n| head_labels(&samples, n, cfg.min_class_count).len() < 2)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "the data gives head {bare:?} fewer than two labels to learn"
+        )));
+    }
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     let frozen = frozen_features(job, &bytes, key, &paths, &names)?;
     let trained = train_frozen_heads(job, &samples, &frozen, key, &names)?;
@@ -220,11 +229,6 @@ pub fn retrain_heads(job: &TrainJob, names: &[String]) -> Result<TrainSummary> {
     let bytes = model::with_heads(&bytes, job.backbone, &weights)?;
     let mut heads: BTreeMap<String, heads::HeadSummary> =
         trained.into_iter().map(|(w, s)| (w.info.name, s)).collect();
-    if heads.is_empty() {
-        return Err(Error::InvalidArgument(
-            "the data labels none of the model's heads on frozen features".into(),
-        ));
-    }
     let mut info = model::read_info(&bytes, job.backbone)?;
     for (name, summary) in &heads {
         info.training["heads"][name] = serde_json::json!(summary);
@@ -800,6 +804,20 @@ mod tests {
             );
         }
         assert!(err(&["article_type"]).contains("no such dataset"));
+        // Photos in class folders label the category, not the article type: refused before any
+        // feature is computed.
+        for (class, photo) in [("Tees_Tanks", "tee-navy.jpg"), ("Dresses", "dress-red.jpg")] {
+            let folder = dir.path().join("shop").join(class);
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::copy(root.join("samples").join(photo), folder.join(photo)).unwrap();
+        }
+        let data = [DataSource {
+            path: dir.path().join("shop"),
+            layout: Layout::Folders,
+        }];
+        let job = TrainJob { data: &data, ..job };
+        let e = retrain_heads(&job, &["article_type".to_string()]).unwrap_err();
+        assert!(e.to_string().contains("fewer than two labels"), "{e}");
         assert!(!dir.path().join("out.onnx").exists());
     }
 
