@@ -85,17 +85,9 @@ pub fn add(
     crop: u32,
     side: u32,
 ) {
-    let (zero, back, min, max, half, n) = (
-        "flip/zero",
-        "flip/back",
-        "flip/min",
-        "flip/max",
-        "flip/half",
-        "flip/n",
-    );
+    let (zero, max, half, n) = ("flip/zero", "flip/max", "flip/half", "flip/n");
     g.initializer_i64(zero, &[0]);
-    g.initializer_i64(back, &[-1]);
-    g.initializer_i64(min, &[i64::MIN]);
+    add_mirror_bounds(g);
     g.initializer_i64(max, &[i64::MAX]);
     g.initializer(half, &[], vec![0.5]);
     let doubled = pair(input);
@@ -141,9 +133,14 @@ pub fn add(
     }
 }
 
+/// Adds the initializers [`mirror_node`] reads: `flip/back` (-1) and `flip/min`.
+fn add_mirror_bounds(g: &mut Graph) {
+    g.initializer_i64("flip/back", &[-1]);
+    g.initializer_i64("flip/min", &[i64::MIN]);
+}
+
 /// Adds a node that reads `x`'s last axis backwards (`Slice(starts -1, ends -inf, axes -1,
-/// steps -1)`), writing `out`; returns `out`. Needs the initializers `flip/back` (-1) and
-/// `flip/min`.
+/// steps -1)`), writing `out`; returns `out`. Needs [`add_mirror_bounds`].
 fn mirror_node(g: &mut Graph, x: &str, out: &str) -> String {
     g.node(
         "Slice",
@@ -202,8 +199,7 @@ pub fn only_whole_look(g: &mut Graph, input: &str, look: SecondLook, crop: u32, 
     assert!(look.whole(), "only a whole second look takes the square");
     let seen = pair(input);
     g.rename(input, &seen);
-    g.initializer_i64("flip/back", &[-1]);
-    g.initializer_i64("flip/min", &[i64::MIN]);
+    add_mirror_bounds(g);
     let before = g.node_count();
     let second = add_whole_look(g, input, look, crop);
     g.node("Identity", &[&second], &seen, vec![]);

@@ -1074,6 +1074,19 @@ mod tests {
             .fold(0f32, f32::max)
     }
 
+    /// The built-in model file.
+    fn shipped() -> Vec<u8> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        std::fs::read(root.join("models/default.onnx")).unwrap()
+    }
+
+    /// A model without its second look (the model itself when it has none).
+    fn one_look(model: &[u8]) -> Vec<u8> {
+        single_look(model, Path::new("default.onnx"))
+            .unwrap()
+            .unwrap_or_else(|| model.to_vec())
+    }
+
     fn close(a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str) {
         assert_eq!(a.shape(), b.shape(), "{what}");
         let worst = worst(a, b);
@@ -1082,12 +1095,8 @@ mod tests {
 
     #[test]
     fn test_time_flip_averages_the_photo_and_its_mirror_image() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let shipped = std::fs::read(root.join("models/default.onnx")).unwrap();
         let name = Path::new("default.onnx");
-        let single = single_look(&shipped, name)
-            .unwrap()
-            .unwrap_or_else(|| shipped.clone());
+        let single = one_look(&shipped());
         assert!(single_look(&single, name).unwrap().is_none());
         let flipped = with_second_look(&single, name, SecondLook::Mirror)
             .unwrap()
@@ -1170,18 +1179,16 @@ mod tests {
 
     #[test]
     fn a_whole_second_look_averages_the_crop_and_the_shrunk_square() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let shipped = std::fs::read(root.join("models/default.onnx")).unwrap();
         let name = Path::new("default.onnx");
-        let single = single_look(&shipped, name)
-            .unwrap()
-            .unwrap_or_else(|| shipped.clone());
+        let single = one_look(&shipped());
         let info = |b: &[u8]| info_of(&Graph::from_bytes(b, name).unwrap(), name).unwrap();
+        // The side of the square the graph takes, as ONNX Runtime reads its input.
         let side = |b: &[u8]| {
-            let g = Graph::from_bytes(b, name).unwrap();
-            g.input_side(&g.input_names()[0])
+            Engine::from_bytes(b, name, Threads::single(1))
+                .unwrap()
+                .input_side()
         };
-        assert_eq!(side(&single), Some((224, 224)));
+        assert_eq!(side(&single), Some(224));
         // Three squares whose sides differ: a gradient across, a stripe on one side.
         let x = Array4::from_shape_fn((3, 3, 256, 256), |(n, c, y, x)| {
             let stripe = if x < 70 + 40 * n { 0.8 } else { -0.3 };
@@ -1200,7 +1207,7 @@ mod tests {
             assert!(with_second_look(&two, name, look).unwrap().is_none());
             let i = info(&two);
             assert!(i.takes_square() && i.second_look == look);
-            assert_eq!((i.input_side(), side(&two)), (256, Some((256, 256))));
+            assert_eq!((i.input_side(), side(&two)), (256, Some(256)));
             let second = if look == SecondLook::WholeMirrored {
                 whole.slice(s![.., .., .., ..;-1]).to_owned()
             } else {
@@ -1224,7 +1231,7 @@ mod tests {
             assert!((&a[0] - &b[0]).iter().any(|d| d.abs() > 1e-3));
             // Taking the second look out gives the crop's model back.
             let back = single_look(&two, name).unwrap().unwrap();
-            assert_eq!(side(&back), Some((224, 224)));
+            assert_eq!(side(&back), Some(224));
             assert!(!info(&back).takes_square());
             for (k, out) in run(&back, &crop, &names).iter().enumerate() {
                 close(out, &a[k], names[k]);
@@ -1266,14 +1273,13 @@ mod tests {
         let mirror = with_second_look(&whole_model, name, SecondLook::Mirror)
             .unwrap()
             .unwrap();
-        assert_eq!(side(&mirror), Some((224, 224)));
+        assert_eq!(side(&mirror), Some(224));
         assert_eq!(info(&mirror).input_side(), 224);
     }
 
     #[test]
     fn a_heads_temperature_and_log_prior_are_folded_into_the_graph() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let shipped = std::fs::read(root.join("models/default.onnx")).unwrap();
+        let shipped = shipped();
         let name = Path::new("default.onnx");
         let mut info = info_of(&Graph::from_bytes(&shipped, name).unwrap(), name).unwrap();
         // A made-up head on the pooled features (its first layer as float16, as stored).
@@ -1379,12 +1385,10 @@ mod tests {
     fn garment_features_are_the_early_maps_averaged_over_the_garment_mask() {
         use crate::mask::{GARMENT_FEATURES, GARMENT_FEATURES_DIM, MASK_OUTPUT, MASK_SIDE};
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let shipped = std::fs::read(root.join("models/default.onnx")).unwrap();
+        let shipped = shipped();
         let name = Path::new("default.onnx");
         let given = |b: &[u8]| with_garment_features(b, name).unwrap().unwrap();
-        let single = single_look(&shipped, name)
-            .unwrap()
-            .unwrap_or_else(|| shipped.clone());
+        let single = one_look(&shipped);
         // The built-in model has them; a model from before them is made by taking them out.
         assert!(with_garment_features(&shipped, name).unwrap().is_none());
         let mut old = onnx_protobuf::ModelProto::parse_from_bytes(&single).unwrap();

@@ -139,7 +139,7 @@ impl Graph {
     /// Adds a float16 initializer named `name` and a `Cast` to float32 named `output`: half
     /// the bytes for large weights whose float16 rounding does not matter.
     pub fn initializer_f16(&mut self, name: &str, output: &str, dims: &[usize], data: &[f32]) {
-        let t = tensor_f16(name, dims, data);
+        let t = float_tensor(name, dims, data, true);
         self.model.graph.mut_or_insert_default().initializer.push(t);
         self.node(
             "Cast",
@@ -151,11 +151,11 @@ impl Graph {
 
     /// Adds a float32 initializer of the given shape.
     pub fn initializer(&mut self, name: &str, dims: &[usize], data: Vec<f32>) {
-        let t = tensor_f32(name, dims, &data);
+        let t = float_tensor(name, dims, &data, false);
         self.model.graph.mut_or_insert_default().initializer.push(t);
     }
 
-    /// Replaces the values of float initializer `name` (stored as float16 when `half` is set,
+    /// Replaces the values of float initializer `name` (stored as float16 when `as_f16` is set,
     /// as [`Graph::initializer_f16`] stores it), keeping its place in the graph. Fails when the
     /// graph has no such initializer or it has another shape.
     pub fn replace_initializer(
@@ -163,13 +163,9 @@ impl Graph {
         name: &str,
         dims: &[usize],
         data: &[f32],
-        half: bool,
+        as_f16: bool,
     ) -> std::result::Result<(), String> {
-        let t = if half {
-            tensor_f16(name, dims, data)
-        } else {
-            tensor_f32(name, dims, data)
-        };
+        let t = float_tensor(name, dims, data, as_f16);
         let graph = self.graph_mut();
         let old = graph
             .initializer
@@ -283,25 +279,6 @@ impl Graph {
         }
     }
 
-    /// The last two dimensions of graph input `name`, where they are fixed.
-    pub fn input_side(&self, name: &str) -> Option<(i64, i64)> {
-        let graph = self.model.graph.as_ref()?;
-        let input = graph.input.iter().find(|i| i.name == name)?;
-        let Some(type_proto::Value::TensorType(t)) =
-            input.type_.as_ref().and_then(|t| t.value.as_ref())
-        else {
-            return None;
-        };
-        let dims = &t.shape.as_ref()?.dim;
-        let v = |d: &onnx_protobuf::tensor_shape_proto::Dimension| {
-            d.has_dim_value().then(|| d.dim_value())
-        };
-        match dims.len() {
-            n if n >= 2 => Some((v(&dims[n - 2])?, v(&dims[n - 1])?)),
-            _ => None,
-        }
-    }
-
     /// How many nodes the graph has.
     pub fn node_count(&self) -> usize {
         self.model.graph.as_ref().map_or(0, |g| g.node.len())
@@ -402,27 +379,25 @@ impl Graph {
     }
 }
 
-fn tensor_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
+/// A float initializer, stored as float32 or, with `as_f16`, as float16.
+fn float_tensor(name: &str, dims: &[usize], data: &[f32], as_f16: bool) -> TensorProto {
     assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::FLOAT as i32,
-        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ..Default::default()
-    }
-}
-
-fn tensor_f16(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
-    assert_eq!(dims.iter().product::<usize>(), data.len(), "{name}");
-    TensorProto {
-        name: name.to_string(),
-        dims: dims.iter().map(|&d| d as i64).collect(),
-        data_type: DataType::FLOAT16 as i32,
-        raw_data: data
+    let (data_type, raw_data) = if as_f16 {
+        let bytes = data
             .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes());
+        (DataType::FLOAT16, bytes.collect())
+    } else {
+        (
+            DataType::FLOAT,
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+    };
+    TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: data_type as i32,
+        raw_data,
         ..Default::default()
     }
 }

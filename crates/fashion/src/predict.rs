@@ -344,17 +344,13 @@ impl Classifier {
         let mut input = vec![0f32; photos.len() * n];
         for (out, p) in input.chunks_mut(n).zip(photos) {
             let img = if info.takes_square() {
-                p.square.as_ref().ok_or_else(|| {
-                    Error::InvalidArgument("the photo was prepared for another model".into())
-                })?
+                p.square.as_ref()
             } else {
-                &p.crop
+                Some(&p.crop)
             };
-            if img.width() as usize != s {
-                return Err(Error::InvalidArgument(
-                    "the photo was prepared for another model".into(),
-                ));
-            }
+            let img = img.filter(|i| i.width() as usize == s).ok_or_else(|| {
+                Error::InvalidArgument("the photo was prepared for another model".into())
+            })?;
             info.preprocess.write_tensor(img, false, out);
         }
         Array4::from_shape_vec((photos.len(), 3, s, s), input)
