@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Real-data gates: golden backbone parity, accuracy floors of the built-in model on the
-# validation splits, and ONNX Runtime's Python API agreeing with `fashion classify`.
+# validation splits, its int8 variant within one point of it, and ONNX Runtime's Python API
+# agreeing with `fashion classify` on both.
 # Usage: scripts/gates.sh DATA_DIR WEIGHTS_DIR
 set -euo pipefail
 data=${1:?data folder}
@@ -41,8 +42,17 @@ echo "== accuracy floors"
 .venv/bin/python scripts/check_floors.py "$out/inshop-val.json" "$out/fpi-val-apparel.json" \
   "$out/fullres-colour.json" "$out/inshop-val-unpadded.json"
 
+echo "== int8 variant: within one point of the built-in model on every head"
+int8=models/default-int8.onnx
+$fashion eval --model "$int8" --data "$data/inshop" --layout inshop --split val --json "$out/int8-inshop-val.json"
+$fashion eval --model "$int8" --data "$data/fpi" --layout fpi --split val --only master_category=Apparel --json "$out/int8-fpi-val-apparel.json"
+.venv/bin/python scripts/check_variant.py int8 "$out/inshop-val.json" "$out/fpi-val-apparel.json" \
+  "$out/int8-inshop-val.json" "$out/int8-fpi-val-apparel.json"
+
 echo "== ONNX Runtime (Python) gives the same probabilities as fashion classify"
-.venv/bin/python scripts/ort_parity.py "$fashion" models/default.onnx "$data/inshop/img"
+for model in models/default.onnx "$int8"; do
+  .venv/bin/python scripts/ort_parity.py "$fashion" "$model" "$data/inshop/img"
+done
 
 echo "== web page in headless Chromium: two real photos, names as fashion classify gives them"
 inshop_photo=$(find "$data/inshop/img" -name '*.jpg' | sort | awk 'NR == 1')

@@ -89,8 +89,11 @@ if "garment_mask" in names:
     # test-time flip runs them on both looks (`flip/pair/` holds both looks of a graph output);
     # with the mirrored crop as its second look it averages the two masks, the mirrored one
     # mirrored back.
+    # The maps are the tensors the mask's convolutions read: in an int8 model, the dequantised
+    # copies of the backbone's outputs.
     flip = meta.get("test_time_flip", False)
-    maps = ["feat_s8", "feat_s16", "flip/pair/feat_s32" if flip else "feat_s32"]
+    reads = {n.name: n.input[0] for n in model.graph.node}
+    maps = [reads[f"mask.{m}"] for m in ["feat_s8", "feat_s16", "feat_s32"]]
     for n in maps:
         if n not in names:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))

@@ -1094,6 +1094,29 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_int8_variant_is_quantised_from_the_shipped_model() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let name = Path::new("default-int8.onnx");
+        let int8 = std::fs::read(root.join("models/default-int8.onnx")).unwrap();
+        let info = read_info(&int8, name).unwrap();
+        // scripts/quantize.py records the hash of the file it quantised.
+        let from = info.training["quantized_from_fnv1a"].as_str().unwrap();
+        assert_eq!(
+            from,
+            format!("{:016x}", crate::hash::of(&shipped())),
+            "models/default-int8.onnx is not the int8 copy of models/default.onnx: \
+             run scripts/quantize.py again"
+        );
+        let float = read_info(&shipped(), Path::new("default.onnx")).unwrap();
+        assert_eq!(info.name, format!("{}-int8", float.name));
+        assert_eq!(info.input_side(), float.input_side());
+        let labels = |i: &ModelInfo| -> Vec<Vec<String>> {
+            i.heads.iter().map(|h| h.labels.clone()).collect()
+        };
+        assert_eq!(labels(&info), labels(&float));
+    }
+
+    #[test]
     fn test_time_flip_averages_the_photo_and_its_mirror_image() {
         let name = Path::new("default.onnx");
         let single = one_look(&shipped());
