@@ -88,7 +88,7 @@ impl Preprocess {
         let (w, h) = square.dimensions();
         let left = (w.saturating_sub(self.crop) as f64 / 2.0).round() as u32;
         let top = (h.saturating_sub(self.crop) as f64 / 2.0).round() as u32;
-        image::imageops::crop_imm(square, left, top, self.crop, self.crop).to_image()
+        copy_region(square, left, top, self.crop, self.crop)
     }
 
     /// Brings the photo to a [`Preprocess::square_side`] square as [`Preprocess::fit`] says (for
@@ -128,12 +128,13 @@ impl Preprocess {
         let resized = RgbImage::from_raw(nw, nh, dst.into_vec())
             .ok_or_else(|| Error::InvalidArgument("resize: wrong buffer size".into()))?;
         Ok(match self.fit {
+            _ if (nw, nh) == (square, square) => resized,
             Fit::Pad => pad_to_square(&resized, square),
             Fit::Squash => resized,
             Fit::Crop => {
                 let left = (nw.saturating_sub(square) as f64 / 2.0).round() as u32;
                 let top = (nh.saturating_sub(square) as f64 / 2.0).round() as u32;
-                image::imageops::crop_imm(&resized, left, top, square, square).to_image()
+                copy_region(&resized, left, top, square, square)
             }
         })
     }
@@ -182,13 +183,19 @@ impl Preprocess {
         let s = w as usize;
         assert_eq!(out.len(), 3 * s * s);
         let plane = s * s;
+        // Each channel's 256 possible values, normalised once.
+        let table: [[f32; 256]; 3] = std::array::from_fn(|c| {
+            std::array::from_fn(|v| (v as f32 - self.mean[c]) / self.std[c])
+        });
+        let (red, rest) = out.split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
         for (y, row) in img.as_raw().chunks_exact(s * 3).enumerate() {
-            for x in 0..s {
-                let sx = if flip { s - 1 - x } else { x };
-                for c in 0..3 {
-                    out[c * plane + y * s + x] =
-                        (f32::from(row[sx * 3 + c]) - self.mean[c]) / self.std[c];
-                }
+            let at = y * s;
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                let i = at + if flip { s - 1 - x } else { x };
+                red[i] = table[0][usize::from(px[0])];
+                green[i] = table[1][usize::from(px[1])];
+                blue[i] = table[2][usize::from(px[2])];
             }
         }
     }
@@ -216,18 +223,68 @@ fn pad_to_square(img: &RgbImage, side: u32) -> RgbImage {
     }
     let fill = sum.map(|s| (s / edge.len().max(1) as u64) as u8);
     let mut out = RgbImage::from_pixel(side, side, image::Rgb(fill));
-    image::imageops::replace(
-        &mut out,
-        img,
-        i64::from((side - w.min(side)) / 2),
-        i64::from((side - h.min(side)) / 2),
-    );
+    let (left, top) = ((side - w.min(side)) / 2, (side - h.min(side)) / 2);
+    let (row, stride) = (3 * w.min(side) as usize, 3 * side as usize);
+    let raw: &mut [u8] = &mut out;
+    for (y, src) in img
+        .as_raw()
+        .chunks_exact(3 * w as usize)
+        .take(side as usize)
+        .enumerate()
+    {
+        let at = (top as usize + y) * stride + 3 * left as usize;
+        raw[at..at + row].copy_from_slice(&src[..row]);
+    }
     out
+}
+
+/// The `width x height` region of `img` at (`left`, `top`), cut back to the part inside `img`
+/// as `image`'s `crop_imm` does, copied row by row (`crop_imm(..).to_image()` copies pixel by
+/// pixel, a visible share of the time per photo).
+fn copy_region(img: &RgbImage, left: u32, top: u32, width: u32, height: u32) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (left, top) = (left.min(w), top.min(h));
+    let (width, height) = (width.min(w - left), height.min(h - top));
+    if width == 0 || height == 0 {
+        return RgbImage::new(width, height);
+    }
+    let stride = 3 * w as usize;
+    let (from, row) = (3 * left as usize, 3 * width as usize);
+    let mut raw = Vec::with_capacity(row * height as usize);
+    for src in img
+        .as_raw()
+        .chunks_exact(stride)
+        .skip(top as usize)
+        .take(height as usize)
+    {
+        raw.extend_from_slice(&src[from..from + row]);
+    }
+    RgbImage::from_raw(width, height, raw).expect("rows of the region's size")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_region_cuts_what_image_crop_imm_cuts() {
+        let img = RgbImage::from_fn(37, 23, |x, y| image::Rgb([x as u8, y as u8, (x * y) as u8]));
+        for (left, top, w, h) in [
+            (0, 0, 37, 23),
+            (5, 3, 10, 7),
+            (30, 20, 10, 10),
+            (37, 0, 4, 4),
+            (2, 22, 40, 1),
+            (0, 0, 0, 5),
+        ] {
+            let want = image::imageops::crop_imm(&img, left, top, w, h).to_image();
+            assert_eq!(
+                copy_region(&img, left, top, w, h),
+                want,
+                "{left} {top} {w} {h}"
+            );
+        }
+    }
 
     #[test]
     fn crop_geometry_matches_reference() {

@@ -109,7 +109,10 @@ fn closest<'a>(
     colours: impl Iterator<Item = &'a NamedColour>,
     lab: Lab,
 ) -> Option<&'a NamedColour> {
-    colours.min_by(|a, b| ciede2000(a.lab, lab).total_cmp(&ciede2000(b.lab, lab)))
+    colours
+        .map(|c| (ciede2000(c.lab, lab), c))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| c)
 }
 
 /// One colour of a palette.
