@@ -416,11 +416,17 @@ pub fn palette(pixels: &[Lab], vocab: &Vocabulary, k: usize, min_share: f32) -> 
     swatches
 }
 
+/// The index of the centre nearest to `p` (the first of equals), each distance computed once.
 fn nearest(centres: &[Lab], p: Lab) -> usize {
     let d = |c: &Lab| (c[0] - p[0]).powi(2) + (c[1] - p[1]).powi(2) + (c[2] - p[2]).powi(2);
-    (0..centres.len())
-        .min_by(|&a, &b| d(&centres[a]).total_cmp(&d(&centres[b])))
-        .unwrap_or(0)
+    let mut best = (0, f32::INFINITY);
+    for (i, c) in centres.iter().enumerate() {
+        let di = d(c);
+        if di < best.1 {
+            best = (i, di);
+        }
+    }
+    best.0
 }
 
 #[cfg(test)]
