@@ -41,7 +41,10 @@ LOOK_PREFIX = "flip/"
 def train_photos(data, count):
     photos = []
     for name in ("inshop", "fpi"):
-        with open(os.path.join(data, name, "manifest.csv")) as f:
+        manifest = os.path.join(data, name, "manifest.csv")
+        if not os.path.isfile(manifest):
+            sys.exit(f"{manifest} is missing: DATA_DIR must hold inshop/ and fpi/")
+        with open(manifest) as f:
             photos += [os.path.join(data, name, r["path"]) for r in csv.DictReader(f)
                        if r["split"] == "train"]
     random.Random(7).shuffle(photos)
