@@ -796,10 +796,39 @@ fn the_built_in_model_averages_the_crop_and_the_mirrored_whole_square_and_fast_t
 
 #[test]
 fn the_int8_variant_keeps_both_looks_and_fast_takes_one() {
-    let int8 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default-int8.onnx");
     // Quantised activations turn the second look's rounding to whole pixel values into
     // slightly larger steps than in float.
-    check_two_looks(Some(&int8), 2e-2);
+    check_two_looks(Some(&int8_file()), 2e-2);
+}
+
+#[test]
+fn int8_runs_the_compiled_in_copy_of_the_int8_file() {
+    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/tee-navy.jpg");
+    let built_in = classify_one(&photo, &["--int8"]);
+    let file = int8_file();
+    assert_eq!(
+        built_in,
+        classify_one(&photo, &["--model", file.to_str().unwrap()])
+    );
+    // Not the float model's answer.
+    let float = classify_one(&photo, &[]);
+    assert!(max_diff(&probabilities(&built_in), &probabilities(&float)) > 1e-4);
+    let out = fashion(
+        &[
+            "classify",
+            "--int8",
+            "--model",
+            file.to_str().unwrap(),
+            photo.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}
+
+fn int8_file() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default-int8.onnx")
 }
 
 /// Classifies a photo with the default look, with `--fast`, and with `--fast` on a photo whose
