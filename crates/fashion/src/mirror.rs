@@ -50,8 +50,9 @@ impl SecondLook {
         self != SecondLook::Mirror
     }
 
+    /// The opposite of [`SecondLook::whole`] (serde's `skip_serializing_if` takes a reference).
     pub(crate) fn is_mirror(&self) -> bool {
-        *self == SecondLook::Mirror
+        !self.whole()
     }
 }
 

@@ -519,10 +519,6 @@ fn head_labels(samples: &[&Sample], name: &str, min_count: usize) -> Vec<String>
         .collect()
 }
 
-/// The pooled backbone features of every photo that the heads on frozen features learn from:
-/// the crop's, its mirror image's (with `flip`), and the second look's of a model whose second
-/// look is the whole square, for the heads `second_look_heads` names (of `names`, the heads to
-/// train).
 /// Whether any of the heads `names` learns from the second look.
 fn learns_second_look(cfg: &TrainConfig, names: &[&str]) -> bool {
     cfg.test_time_flip
@@ -532,12 +528,18 @@ fn learns_second_look(cfg: &TrainConfig, names: &[&str]) -> bool {
             .any(|n| cfg.second_look_heads.iter().any(|h| h == n))
 }
 
+/// The pooled backbone features of every photo that the heads on frozen features learn from:
+/// the crop's, its mirror image's (with `flip`), and the second look's of a model whose second
+/// look is the whole square, for the heads `second_look_heads` names (of `names`, the heads to
+/// train).
 struct FrozenFeatures {
     plain: features::Rows<f32>,
     flipped: Option<features::Rows<f32>>,
     second: Option<features::Rows<f32>>,
 }
 
+/// Computes (or reads back from the cache) the [`FrozenFeatures`] of `paths` for the heads
+/// `names`.
 fn frozen_features(
     job: &TrainJob,
     backbone: &[u8],
