@@ -338,11 +338,13 @@ impl ModelInfo {
 }
 
 /// A colour family classifier on the garment's pixels ([`crate::colour::colour_features`] of the
-/// pixels the palette uses) and, for heads trained since models have it, on the garment's
+/// pixels the palette uses), for heads trained since models have them on how those pixels are
+/// spread over the photo ([`crate::colour::ColourPixels::region_features`]) and on the garment's
 /// low-level features ([`crate::mask::GARMENT_FEATURES`]); run by `fashion` itself rather than
 /// in the ONNX graph (its input comes from the garment mask). Its answer is combined with the
-/// `colour_family` head's as `p ~ (p_head * p_pixels)^(1 / fusion_temperature)`: each votes with its probabilities, and
-/// the temperature (fitted on the validation split) keeps the product calibrated.
+/// `colour_family` head's as `p ~ (p_head^head_weight * p_pixels)^(1 / fusion_temperature)`:
+/// each votes with its probabilities, the head's vote weighted, and the weight and the
+/// temperature (fitted together on the validation split) keep the product calibrated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PixelColourHead {
     /// CIELAB anchor colours of the features (the built-in vocabulary when it was trained).
@@ -350,21 +352,37 @@ pub struct PixelColourHead {
     /// The classifier; its labels are the `colour_family` head's, in the same order.
     pub head: HeadWeights,
     pub fusion_temperature: f32,
+    /// Weight of the `colour_family` head's log-probabilities in the fusion (1 for heads
+    /// trained before it was fitted).
+    #[serde(default = "one")]
+    pub head_weight: f32,
+    /// Whether its features include [`crate::colour::ColourPixels::region_features`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regions: bool,
     /// Whether its features end with the model's [`crate::mask::GARMENT_FEATURES`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub garment_features: bool,
 }
 
+fn one() -> f32 {
+    1.0
+}
+
 impl PixelColourHead {
     /// Length of its input: see [`PixelColourHead::features`].
     pub fn input_len(&self) -> usize {
-        Self::input_len_of(self.anchors.len(), self.garment_features)
+        Self::input_len_of(self.anchors.len(), self.regions, self.garment_features)
     }
 
-    /// Length of the input of a head with `anchors` anchor colours that reads the model's
-    /// garment features or not.
-    pub fn input_len_of(anchors: usize, garment_features: bool) -> usize {
+    /// Length of the input of a head with `anchors` anchor colours that reads the region
+    /// features or not and the model's garment features or not.
+    pub fn input_len_of(anchors: usize, regions: bool, garment_features: bool) -> usize {
         crate::colour::colour_features_len(anchors)
+            + if regions {
+                crate::colour::REGION_FEATURES_LEN
+            } else {
+                0
+            }
             + if garment_features {
                 crate::mask::GARMENT_FEATURES_DIM
             } else {
@@ -372,24 +390,35 @@ impl PixelColourHead {
             }
     }
 
-    /// Its input for a photo: the colour features of the garment's pixels, followed by the
-    /// model's garment features when the head reads them. [`Model::from_bytes`] refuses a model
-    /// whose head reads an output the model lacks; should `model` still be `None`, zeros stand
-    /// in.
-    pub fn features(&self, garment: &[crate::colour::lab::Lab], model: Option<&[f32]>) -> Vec<f32> {
-        let zeros = [0f32; crate::mask::GARMENT_FEATURES_DIM];
-        let model = self.garment_features.then(|| model.unwrap_or(&zeros));
-        Self::input(garment, &self.anchors, model)
-    }
-
-    /// The input of a head with these `anchors` that reads the model's garment features
-    /// (`model`) or not (`None`): what [`PixelColourHead::features`] and training compute.
-    pub fn input(
-        garment: &[crate::colour::lab::Lab],
-        anchors: &[[f32; 3]],
+    /// Its input for a photo whose garment is the pixels of `pixels` under `mask`: the colour
+    /// features of the garment's pixels, then their region features and the model's garment
+    /// features where the head reads them. [`Model::from_bytes`] refuses a model whose head
+    /// reads an output the model lacks; should `model` still be `None`, zeros stand in.
+    pub fn features(
+        &self,
+        pixels: &crate::colour::ColourPixels,
+        mask: &[bool],
         model: Option<&[f32]>,
     ) -> Vec<f32> {
-        let mut f = crate::colour::colour_features(garment, anchors);
+        let zeros = [0f32; crate::mask::GARMENT_FEATURES_DIM];
+        let model = self.garment_features.then(|| model.unwrap_or(&zeros));
+        Self::input(pixels, mask, &self.anchors, self.regions, model)
+    }
+
+    /// The input of a head with these `anchors` that reads the region features (`regions`) or
+    /// not and the model's garment features (`model`) or not (`None`): what
+    /// [`PixelColourHead::features`] and training compute.
+    pub fn input(
+        pixels: &crate::colour::ColourPixels,
+        mask: &[bool],
+        anchors: &[[f32; 3]],
+        regions: bool,
+        model: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let mut f = crate::colour::colour_features(&pixels.garment(mask), anchors);
+        if regions {
+            f.extend(pixels.region_features(mask));
+        }
         f.extend_from_slice(model.unwrap_or_default());
         f
     }
@@ -404,7 +433,7 @@ impl PixelColourHead {
         let log: Vec<f32> = head
             .iter()
             .zip(pixels)
-            .map(|(a, b)| a.max(1e-12).ln() + b.max(1e-12).ln())
+            .map(|(a, b)| self.head_weight * a.max(1e-12).ln() + b.max(1e-12).ln())
             .collect();
         softmax(&log, self.fusion_temperature)
     }
@@ -1504,6 +1533,33 @@ mod tests {
     }
 
     #[test]
+    fn a_pixel_colour_head_saved_before_regions_and_head_weight_reads_as_it_was_trained() {
+        // The metadata of a head written before the region features and the head's weight:
+        // equal votes, colour features (and garment features) only.
+        let json = serde_json::json!({
+            "anchors": [[50.0, 0.0, 0.0]],
+            "head": {"info": {"name": "pixel_colour", "labels": ["a"], "hidden": 1,
+                              "temperature": 1.0},
+                     "w1": [], "b1": [0.0], "w2": [0.0], "b2": [0.0]},
+            "fusion_temperature": 1.5,
+            "garment_features": true,
+        });
+        let p: PixelColourHead = serde_json::from_value(json).unwrap();
+        assert_eq!((p.head_weight, p.regions), (1.0, false));
+        let colours = crate::colour::colour_features_len(1);
+        assert_eq!(p.input_len(), colours + crate::mask::GARMENT_FEATURES_DIM);
+        // Written again, it keeps what it was; one with regions says so.
+        let back = serde_json::to_value(&p).unwrap();
+        assert_eq!(back.get("regions"), None);
+        let with = PixelColourHead { regions: true, ..p };
+        assert_eq!(serde_json::to_value(&with).unwrap()["regions"], true);
+        assert_eq!(
+            with.input_len(),
+            colours + crate::colour::REGION_FEATURES_LEN + crate::mask::GARMENT_FEATURES_DIM
+        );
+    }
+
+    #[test]
     fn fusion_multiplies_the_votes_and_applies_the_temperature() {
         let head = HeadWeights {
             info: HeadInfo {
@@ -1524,6 +1580,8 @@ mod tests {
             anchors: Vec::new(),
             head,
             fusion_temperature: 1.0,
+            head_weight: 1.0,
+            regions: false,
             garment_features: false,
         };
         // Logits 2 and 0 at temperature 2: softmax of 1 and 0.
@@ -1537,5 +1595,15 @@ mod tests {
         p.fusion_temperature = 2.0;
         let f = p.fuse(&[0.5, 0.5], &[0.9, 0.1]);
         assert!((f[0] - 0.75).abs() < 1e-6, "{f:?}");
+        // The head's vote weighted by 0.5: 0.9 * sqrt(0.2) against 0.1 * sqrt(0.8), i.e. 9:2
+        // at temperature 1.
+        p.fusion_temperature = 1.0;
+        p.head_weight = 0.5;
+        let f = p.fuse(&[0.2, 0.8], &[0.9, 0.1]);
+        assert!((f[0] - 9.0 / 11.0).abs() < 1e-6, "{f:?}");
+        // Weight 0: the pixels' answer alone.
+        p.head_weight = 0.0;
+        let f = p.fuse(&[0.01, 0.99], &[0.9, 0.1]);
+        assert!((f[0] - 0.9).abs() < 1e-6, "{f:?}");
     }
 }

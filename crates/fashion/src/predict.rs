@@ -315,8 +315,11 @@ impl Classifier {
         // The colour family is the head's and the pixel head's answers combined.
         if let Some(h) = &self.model.info.pixel_colour {
             if let Some(p) = probabilities.get_mut(COLOUR_FAMILY) {
-                let pixels =
-                    h.probabilities(&h.features(&garment, out.garment_features.as_deref()));
+                let pixels = h.probabilities(&h.features(
+                    &photo.pixels,
+                    &mask,
+                    out.garment_features.as_deref(),
+                ));
                 *p = h.fuse(p, &pixels);
             }
         }

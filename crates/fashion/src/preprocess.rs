@@ -151,7 +151,8 @@ impl Preprocess {
         self.square(&self.load_photo(path, max_pixels)?)
     }
 
-    fn load_photo(&self, path: &std::path::Path, max_pixels: u64) -> Result<RgbImage> {
+    /// Decodes a photo as it is (large JPEGs at a reduced scale, as [`Preprocess::load`]).
+    pub(crate) fn load_photo(&self, path: &std::path::Path, max_pixels: u64) -> Result<RgbImage> {
         crate::image::load(path, &self.decode_options(max_pixels))
     }
 

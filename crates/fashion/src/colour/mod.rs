@@ -185,6 +185,86 @@ impl ColourPixels {
             .filter_map(|(l, m)| m.then_some(*l))
             .collect()
     }
+
+    /// How the garment's pixels under `mask` are spread, region by region (see
+    /// [`REGION_FEATURES_LEN`]): the whole garment, then its pixels in the top, middle and
+    /// bottom third of the photo, then those in the middle half of its columns. A photo of a
+    /// shirt on a model often shows trousers too; where each colour sits tells which is the
+    /// product. Each region gives [`region_stats`].
+    pub fn region_features(&self, mask: &[bool]) -> Vec<f32> {
+        let (w, h) = (self.width.max(1) as usize, self.height.max(1) as usize);
+        let mut regions: [Vec<Lab>; REGIONS] = Default::default();
+        for (i, (l, _)) in self
+            .labs
+            .iter()
+            .zip(mask)
+            .enumerate()
+            .filter(|(_, (_, m))| **m)
+        {
+            let (x, y) = (i % w, i / w);
+            regions[0].push(*l);
+            regions[1 + (y * 3 / h).min(2)].push(*l);
+            if (1..=2).contains(&(x * 4 / w)) {
+                regions[4].push(*l);
+            }
+        }
+        let total = self.labs.len().max(1) as f32;
+        regions
+            .iter()
+            .flat_map(|r| region_stats(r, total))
+            .collect()
+    }
+}
+
+/// Regions of [`ColourPixels::region_features`].
+pub const REGIONS: usize = 5;
+/// Quantiles of each channel in [`region_stats`].
+pub const QUANTILES: [f32; 7] = [0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95];
+/// Hue bins of [`region_stats`], each 30 degrees wide, from -180.
+pub const HUE_BINS: usize = 12;
+/// Length of [`region_stats`].
+pub const REGION_STATS_LEN: usize = 4 * QUANTILES.len() + HUE_BINS + 1;
+/// Length of [`ColourPixels::region_features`].
+pub const REGION_FEATURES_LEN: usize = REGIONS * REGION_STATS_LEN;
+
+/// A fixed-length description of one region's CIELAB pixels, for a learned colour classifier:
+/// the [`QUANTILES`] of lightness, a, b and chroma (nearest rank: the value at index
+/// `round((n - 1) q)` of the sorted values), then a hue histogram weighted by chroma (pixels of
+/// chroma over 5 only, divided by the region's pixel count), then the region's pixel count as a
+/// share of `total`. Where the palette's clusters blur them, quantiles keep the thresholds a
+/// colour family turns on: how dark the darkest quarter is (navy against black), how pale the
+/// palest (a tint against white). No pixels: all zeros.
+pub fn region_stats(pixels: &[Lab], total: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(REGION_STATS_LEN);
+    if pixels.is_empty() {
+        out.resize(REGION_STATS_LEN, 0.0);
+        return out;
+    }
+    let n = pixels.len();
+    let chroma = |p: &Lab| p[1].hypot(p[2]);
+    for channel in 0..4 {
+        let mut v: Vec<f32> = pixels
+            .iter()
+            .map(|p| if channel < 3 { p[channel] } else { chroma(p) })
+            .collect();
+        v.sort_by(f32::total_cmp);
+        out.extend(
+            QUANTILES
+                .iter()
+                .map(|q| v[((n - 1) as f32 * q).round() as usize]),
+        );
+    }
+    let mut hue = [0f32; HUE_BINS];
+    for p in pixels {
+        let c = chroma(p);
+        if c > 5.0 {
+            let turn = (p[2].atan2(p[1]) + std::f32::consts::PI) / std::f32::consts::TAU;
+            hue[((turn * HUE_BINS as f32) as usize).min(HUE_BINS - 1)] += c;
+        }
+    }
+    out.extend(hue.iter().map(|h| h / n as f32));
+    out.push(n as f32 / total);
+    out
 }
 
 /// A box-filtered copy at most `side` pixels on its longer side; `None` when `img` is already
@@ -448,6 +528,61 @@ mod tests {
         assert_eq!(f[2 + 2 * 36 + 3 * 6 + 3], 1.0);
         assert_eq!(f.iter().skip(2).sum::<f32>(), 1.0);
         assert!(colour_features(&[], &anchors).iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn region_stats_by_hand() {
+        // Five pixels, one of them chromatic: a = 6, b = 8 (chroma 10, hue 53.13 degrees).
+        let px = [
+            [10.0, 0.0, 0.0],
+            [20.0, 0.0, 0.0],
+            [30.0, 0.0, 0.0],
+            [40.0, 0.0, 0.0],
+            [50.0, 6.0, 8.0],
+        ];
+        let f = region_stats(&px, 20.0);
+        assert_eq!(f.len(), REGION_STATS_LEN);
+        // Nearest ranks of 5 values at 5, 10, 25, 50, 75, 90, 95%: indices 0, 0, 1, 2, 3, 4, 4.
+        assert_eq!(&f[0..7], &[10.0, 10.0, 20.0, 30.0, 40.0, 50.0, 50.0]);
+        assert_eq!(&f[7..14], &[0.0, 0.0, 0.0, 0.0, 0.0, 6.0, 6.0]);
+        assert_eq!(&f[14..21], &[0.0, 0.0, 0.0, 0.0, 0.0, 8.0, 8.0]);
+        assert_eq!(&f[21..28], &[0.0, 0.0, 0.0, 0.0, 0.0, 10.0, 10.0]);
+        // Hue 53.13 degrees is 233.13 from -180: bin 7 of 30-degree bins, chroma 10 over 5
+        // pixels.
+        let mut hue = [0.0; HUE_BINS];
+        hue[7] = 2.0;
+        assert_eq!(&f[28..40], &hue);
+        assert_eq!(f[40], 0.25);
+        assert!(region_stats(&[], 20.0).iter().all(|v| *v == 0.0));
+    }
+
+    #[test]
+    fn region_features_split_the_garment_by_thirds_and_centre_columns() {
+        // 4 x 6 pixels, each row one grey; the left column is not garment.
+        let greys = [20u8, 60, 100, 140, 180, 220];
+        let img = RgbImage::from_fn(4, 6, |_, y| image::Rgb([greys[y as usize]; 3]));
+        let px = ColourPixels::of(&img);
+        let mask: Vec<bool> = (0..24).map(|i| i % 4 != 0).collect();
+        let f = px.region_features(&mask);
+        assert_eq!(f.len(), REGION_FEATURES_LEN);
+        let region = |r: usize| &f[r * REGION_STATS_LEN..(r + 1) * REGION_STATS_LEN];
+        let share = |r: usize| region(r)[REGION_STATS_LEN - 1];
+        // Whole garment 18 of 24 pixels; each third 6; the middle two columns 12.
+        let shares: Vec<f32> = (0..REGIONS).map(share).collect();
+        assert_eq!(shares, [0.75, 0.25, 0.25, 0.25, 0.5]);
+        let l = |g: u8| srgb_to_lab([g; 3])[0];
+        // Lightness quantiles 5% and 95%: the darkest and the lightest row of each region.
+        for (r, (lo, hi)) in [
+            (0, (20, 220)),
+            (1, (20, 60)),
+            (2, (100, 140)),
+            (3, (180, 220)),
+        ] {
+            assert!((region(r)[0] - l(lo)).abs() < 1e-4, "region {r}");
+            assert!((region(r)[6] - l(hi)).abs() < 1e-4, "region {r}");
+        }
+        // Greys have no hue.
+        assert!(region(0)[28..40].iter().all(|v| v.abs() < 1e-6));
     }
 
     #[test]

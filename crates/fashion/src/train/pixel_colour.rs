@@ -1,11 +1,13 @@
 //! Training the pixel colour head ([`crate::model::PixelColourHead`]): the model built so far
 //! (backbone, heads, garment mask) classifies every colour-labelled photo as `fashion classify`
 //! would; the colour features of the pixels its palette used are the inputs of one more
-//! classifier head, trained like the others; then the temperature of the combined answer is
-//! fitted on the validation split.
+//! classifier head, trained like the others; then the weight of the `colour_family` head's vote
+//! and the temperature of the combined answer are fitted on the validation split.
 
 use std::path::Path;
 
+use image::imageops::FilterType;
+use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::colour::Vocabulary;
@@ -15,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::hash::fnv1a;
 use crate::model::{Model, PixelColourHead};
 use crate::predict::{Classifier, ClassifyOptions, Prepared};
+use crate::Preprocess;
 
 use super::heads::{self, HeadConfig, HeadData, HeadSummary};
 
@@ -23,6 +26,7 @@ use super::heads::{self, HeadConfig, HeadData, HeadSummary};
 pub struct PixelColourSummary {
     pub head: HeadSummary,
     pub fusion_temperature: f32,
+    pub head_weight: f32,
     /// Accuracy of the `colour_family` head alone, of the pixel head alone and of both.
     pub val_accuracy_head: f64,
     pub val_accuracy_pixels: f64,
@@ -62,7 +66,7 @@ pub fn train_pixel_colour(
         .collect();
     // Models with the garment's own features give them to the head too.
     let garment_features = classifier.model.has_garment_features();
-    let dim = PixelColourHead::input_len_of(anchors.len(), garment_features);
+    let dim = PixelColourHead::input_len_of(anchors.len(), true, garment_features);
     let mut data = HeadData::new("pixel_colour", labels.clone(), dim);
     // The `colour_family` head's probabilities on the validation photos, for the fusion.
     let mut val_head: Vec<Vec<f32>> = Vec::new();
@@ -73,22 +77,29 @@ pub fn train_pixel_colour(
     // and the photos.
     let mut key = fnv1a(crate::hash::START, &seed.to_le_bytes());
     for chunk in labelled.chunks(batch.max(1)) {
-        let prepared: Vec<Result<Prepared>> = chunk
+        // Training photos are learnt twice: as they are, and (square ones) as portraits.
+        let prepared: Vec<(Prepared, &(&Sample, usize))> = chunk
             .par_iter()
-            .map(|(s, _)| classifier.prepare_path(&s.path))
+            .flat_map_iter(|entry| {
+                let path = &entry.0.path;
+                let photo = classifier.prepare_path(path).ok();
+                let portrait = (entry.0.split == Split::Train)
+                    .then(|| portrait(&classifier, path).ok().flatten())
+                    .flatten();
+                photo.into_iter().chain(portrait).map(move |p| (p, entry))
+            })
             .collect();
-        let good: Vec<(&Prepared, &(&Sample, usize))> = prepared
-            .iter()
-            .zip(chunk)
-            .filter_map(|(p, s)| p.as_ref().ok().map(|p| (p, s)))
-            .collect();
+        let good: Vec<(&Prepared, &(&Sample, usize))> =
+            prepared.iter().map(|(p, s)| (p, *s)).collect();
         let photos: Vec<&Prepared> = good.iter().map(|(p, _)| *p).collect();
         for ((prep, (sample, class)), out) in good.iter().zip(classifier.infer(&photos)?) {
             let model_features = out.garment_features.clone();
             let pred = classifier.finish(prep, out);
             let f = PixelColourHead::input(
-                &prep.pixels.garment(&pred.colour_mask.2),
+                &prep.pixels,
+                &pred.colour_mask.2,
                 &anchors,
+                true,
                 model_features.as_deref(),
             );
             for v in &f {
@@ -122,11 +133,17 @@ pub fn train_pixel_colour(
         anchors,
         head: weights,
         fusion_temperature: 1.0,
+        head_weight: 1.0,
+        regions: true,
         garment_features,
     };
     let pixel_probs: Vec<Vec<f32>> = val_feats.iter().map(|f| head.probabilities(f)).collect();
-    let nll = |t: f32| -> f64 {
+    // The head's weight (0 to 1 in steps of 0.05) and the temperature (0.5 to 5) with the
+    // least negative log-likelihood of the labels: a weak head that errs with the pixels gets
+    // less say.
+    let nll = |w: f32, t: f32| -> f64 {
         let h = PixelColourHead {
+            head_weight: w,
             fusion_temperature: t,
             ..head.clone()
         };
@@ -137,10 +154,13 @@ pub fn train_pixel_colour(
             .map(|((a, b), y)| -f64::from(h.fuse(a, b)[*y].max(1e-12)).ln())
             .sum::<f64>()
     };
-    head.fusion_temperature = (0..=80)
-        .map(|i| 0.5f32 * 10f32.powf(i as f32 / 80.0))
-        .min_by(|a, b| nll(*a).total_cmp(&nll(*b)))
-        .unwrap_or(1.0);
+    let grid = (0..=20).flat_map(|wi| {
+        (0..=80).map(move |ti| (wi as f32 / 20.0, 0.5f32 * 10f32.powf(ti as f32 / 80.0)))
+    });
+    (head.head_weight, head.fusion_temperature) = grid
+        .map(|(w, t)| (w, t, nll(w, t)))
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .map_or((1.0, 1.0), |(w, t, _)| (w, t));
     let argmax = |p: &[f32]| {
         (0..p.len())
             .max_by(|&a, &b| p[a].total_cmp(&p[b]))
@@ -153,17 +173,72 @@ pub fn train_pixel_colour(
     let s = PixelColourSummary {
         head: summary,
         fusion_temperature: head.fusion_temperature,
+        head_weight: head.head_weight,
         val_accuracy_head: acc(&|i| argmax(&val_head[i])),
         val_accuracy_pixels: acc(&|i| argmax(&pixel_probs[i])),
         val_accuracy_combined: acc(&|i| argmax(&head.fuse(&val_head[i], &pixel_probs[i]))),
     };
     eprintln!(
-        "{:>14}: val accuracy head {:.1}%, pixels {:.1}%, combined {:.1}% (temperature {:.2})",
+        "{:>14}: val accuracy head {:.1}%, pixels {:.1}%, combined {:.1}% (head weight {:.2}, temperature {:.2})",
         "pixel colour",
         100.0 * s.val_accuracy_head,
         100.0 * s.val_accuracy_pixels,
         100.0 * s.val_accuracy_combined,
+        s.head_weight,
         s.fusion_temperature
     );
     Ok(Some((head, s)))
+}
+
+/// A square photo stretched back to a 3:4 portrait (its width cut by a quarter), then brought
+/// to the model's square as any photo is ([`portrait_square`]); `None` for a photo that is not
+/// square. Catalogue photos are 3:4 portraits, and square catalogue copies (FPI's) are those
+/// portraits squashed: a head that learns both shapes gives a full photo and its square copy
+/// the same colour.
+fn portrait(classifier: &Classifier, path: &Path) -> Result<Option<Prepared>> {
+    let pre = &classifier.model.info.preprocess;
+    let img = pre.load_photo(path, classifier.options.max_pixels)?;
+    Ok(portrait_square(pre, &img)?.map(|sq| classifier.prepare_square(sq)))
+}
+
+/// The model's square of a square photo made a 3:4 portrait (see [`portrait`]).
+fn portrait_square(pre: &Preprocess, img: &RgbImage) -> Result<Option<RgbImage>> {
+    let (w, h) = img.dimensions();
+    if w != h {
+        return Ok(None);
+    }
+    let tall = image::imageops::resize(img, (w * 3 / 4).max(1), h, FilterType::Triangle);
+    pre.square(&tall).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Fit;
+
+    #[test]
+    fn a_portrait_is_the_photo_three_quarters_wide_padded_square() {
+        let (red, blue) = (image::Rgb([200, 20, 20]), image::Rgb([20, 20, 200]));
+        // Left half red, right half blue.
+        let img = RgbImage::from_fn(64, 64, |x, _| if x < 32 { red } else { blue });
+        let pre = Preprocess {
+            fit: Fit::Pad,
+            ..Preprocess::default()
+        };
+        let sq = portrait_square(&pre, &img).unwrap().unwrap();
+        assert_eq!(sq.dimensions(), (256, 256));
+        // 48 x 64 scaled to 192 x 256 and centred: red over x 32..128, blue over 128..224
+        // (blended where they meet), the edges' mean colour beside them.
+        for (x, want) in [(35, red), (110, red), (146, blue), (221, blue)] {
+            assert_eq!(*sq.get_pixel(x, 128), want, "x = {x}");
+        }
+        for x in [5, 250] {
+            let p = *sq.get_pixel(x, 128);
+            assert!(p != red && p != blue, "x = {x}: padding, not the photo");
+        }
+        // A photo that is not square has no portrait.
+        assert!(portrait_square(&pre, &RgbImage::new(48, 64))
+            .unwrap()
+            .is_none());
+    }
 }
