@@ -337,11 +337,11 @@ impl ModelInfo {
     }
 }
 
-/// A colour family classifier on the garment's pixels ([`crate::colour::colour_features`] of the
-/// pixels the palette uses), for heads trained since models have them on how those pixels are
-/// spread over the photo ([`crate::colour::ColourPixels::region_features`]) and on the garment's
-/// low-level features ([`crate::mask::GARMENT_FEATURES`]); run by `fashion` itself rather than
-/// in the ONNX graph (its input comes from the garment mask). Its answer is combined with the
+/// A colour family classifier on the garment's pixels: the [`crate::colour::colour_features`]
+/// of the pixels the palette uses and, for heads trained since they were added, how those pixels
+/// are spread over the photo ([`crate::colour::ColourPixels::region_features`]) and the
+/// garment's low-level features ([`crate::mask::GARMENT_FEATURES`]). It is run by `fashion`
+/// itself rather than in the ONNX graph (its input comes from the garment mask). Its answer is combined with the
 /// `colour_family` head's as `p ~ (p_head^head_weight * p_pixels)^(1 / fusion_temperature)`:
 /// each votes with its probabilities, the head's vote weighted, and the weight and the
 /// temperature (fitted together on the validation split) keep the product calibrated.
