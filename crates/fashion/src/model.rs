@@ -430,12 +430,23 @@ impl PixelColourHead {
 
     /// The combined distribution of the `colour_family` head's probabilities and this head's.
     pub fn fuse(&self, head: &[f32], pixels: &[f32]) -> Vec<f32> {
+        Self::fuse_with(head, pixels, self.head_weight, self.fusion_temperature)
+    }
+
+    /// [`PixelColourHead::fuse`] with this head weight and fusion temperature (for fitting
+    /// them).
+    pub(crate) fn fuse_with(
+        head: &[f32],
+        pixels: &[f32],
+        head_weight: f32,
+        temperature: f32,
+    ) -> Vec<f32> {
         let log: Vec<f32> = head
             .iter()
             .zip(pixels)
-            .map(|(a, b)| self.head_weight * a.max(1e-12).ln() + b.max(1e-12).ln())
+            .map(|(a, b)| head_weight * a.max(1e-12).ln() + b.max(1e-12).ln())
             .collect();
-        softmax(&log, self.fusion_temperature)
+        softmax(&log, temperature)
     }
 }
 

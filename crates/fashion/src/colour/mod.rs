@@ -247,7 +247,7 @@ pub fn region_stats(pixels: &[Lab], total: f32) -> Vec<f32> {
             .iter()
             .map(|p| if channel < 3 { p[channel] } else { chroma(p) })
             .collect();
-        v.sort_by(f32::total_cmp);
+        v.sort_unstable_by(f32::total_cmp);
         out.extend(
             QUANTILES
                 .iter()

@@ -77,22 +77,29 @@ pub fn train_pixel_colour(
     // and the photos.
     let mut key = fnv1a(crate::hash::START, &seed.to_le_bytes());
     for chunk in labelled.chunks(batch.max(1)) {
-        // Training photos are learnt twice: as they are, and (square ones) as portraits.
+        // Training photos are learnt twice: as they are, and (square ones) as portraits; each
+        // is decoded once for both.
+        let pre = &classifier.model.info.preprocess;
         let prepared: Vec<(Prepared, &(&Sample, usize))> = chunk
             .par_iter()
             .flat_map_iter(|entry| {
-                let path = &entry.0.path;
-                let photo = classifier.prepare_path(path).ok();
-                let portrait = (entry.0.split == Split::Train)
-                    .then(|| portrait(&classifier, path).ok().flatten())
-                    .flatten();
-                photo.into_iter().chain(portrait).map(move |p| (p, entry))
+                let img = pre
+                    .load_photo(&entry.0.path, classifier.options.max_pixels)
+                    .ok();
+                let photo = img.as_ref().and_then(|i| pre.square(i).ok());
+                let portrait = img
+                    .as_ref()
+                    .filter(|_| entry.0.split == Split::Train)
+                    .and_then(|i| portrait_square(pre, i).ok().flatten());
+                let classifier = &classifier;
+                photo
+                    .into_iter()
+                    .chain(portrait)
+                    .map(move |sq| (classifier.prepare_square(sq), entry))
             })
             .collect();
-        let good: Vec<(&Prepared, &(&Sample, usize))> =
-            prepared.iter().map(|(p, s)| (p, *s)).collect();
-        let photos: Vec<&Prepared> = good.iter().map(|(p, _)| *p).collect();
-        for ((prep, (sample, class)), out) in good.iter().zip(classifier.infer(&photos)?) {
+        let photos: Vec<&Prepared> = prepared.iter().map(|(p, _)| p).collect();
+        for ((prep, (sample, class)), out) in prepared.iter().zip(classifier.infer(&photos)?) {
             let model_features = out.garment_features.clone();
             let pred = classifier.finish(prep, out);
             let f = PixelColourHead::input(
@@ -142,16 +149,13 @@ pub fn train_pixel_colour(
     // least negative log-likelihood of the labels: a weak head that errs with the pixels gets
     // less say.
     let nll = |w: f32, t: f32| -> f64 {
-        let h = PixelColourHead {
-            head_weight: w,
-            fusion_temperature: t,
-            ..head.clone()
-        };
         val_head
             .iter()
             .zip(&pixel_probs)
             .zip(&val_y)
-            .map(|((a, b), y)| -f64::from(h.fuse(a, b)[*y].max(1e-12)).ln())
+            .map(|((a, b), y)| {
+                -f64::from(PixelColourHead::fuse_with(a, b, w, t)[*y].max(1e-12)).ln()
+            })
             .sum::<f64>()
     };
     let grid = (0..=20).flat_map(|wi| {
@@ -190,18 +194,11 @@ pub fn train_pixel_colour(
     Ok(Some((head, s)))
 }
 
-/// A square photo stretched back to a 3:4 portrait (its width cut by a quarter), then brought
-/// to the model's square as any photo is ([`portrait_square`]); `None` for a photo that is not
-/// square. Catalogue photos are 3:4 portraits, and square catalogue copies (FPI's) are those
-/// portraits squashed: a head that learns both shapes gives a full photo and its square copy
-/// the same colour.
-fn portrait(classifier: &Classifier, path: &Path) -> Result<Option<Prepared>> {
-    let pre = &classifier.model.info.preprocess;
-    let img = pre.load_photo(path, classifier.options.max_pixels)?;
-    Ok(portrait_square(pre, &img)?.map(|sq| classifier.prepare_square(sq)))
-}
-
-/// The model's square of a square photo made a 3:4 portrait (see [`portrait`]).
+/// The model's square of a square photo stretched back to a 3:4 portrait (its width cut by a
+/// quarter), brought to the square as any photo is; `None` for a photo that is not square.
+/// Catalogue photos are 3:4 portraits, and square catalogue copies (FPI's) are those portraits
+/// squashed: a head that learns both shapes gives a full photo and its square copy the same
+/// colour.
 fn portrait_square(pre: &Preprocess, img: &RgbImage) -> Result<Option<RgbImage>> {
     let (w, h) = img.dimensions();
     if w != h {
