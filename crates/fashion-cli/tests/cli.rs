@@ -370,8 +370,7 @@ fn catalogue() -> tempfile::TempDir {
 /// when the head has none.
 fn log_prior(head: &str) -> std::collections::BTreeMap<String, f64> {
     use protobuf::Message;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let bytes = std::fs::read(root.join("models/default.onnx")).unwrap();
+    let bytes = std::fs::read(repo_file("models/default.onnx")).unwrap();
     let model = onnx_protobuf::ModelProto::parse_from_bytes(&bytes).unwrap();
     let meta = model.metadata_props.iter().find(|p| p.key == "fashion");
     let info: serde_json::Value = serde_json::from_str(&meta.unwrap().value).unwrap();
@@ -737,7 +736,7 @@ fn max_diff(a: &[f64], b: &[f64]) -> f64 {
 fn fit_decides_how_a_photo_that_is_not_square_is_seen() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/dress-red.jpg");
+    let sample = repo_file("samples/dress-red.jpg");
     let tall = image::open(&sample).unwrap().to_rgb8(); // 600x800
     let (w, h) = tall.dimensions();
     tall.save(d.join("tall.png")).unwrap();
@@ -798,14 +797,14 @@ fn the_built_in_model_averages_the_crop_and_the_mirrored_whole_square_and_fast_t
 fn the_int8_variant_keeps_both_looks_and_fast_takes_one() {
     // Quantised activations turn the second look's rounding to whole pixel values into
     // slightly larger steps than in float.
-    check_two_looks(Some(&int8_file()), 2e-2);
+    check_two_looks(Some(&repo_file("models/default-int8.onnx")), 2e-2);
 }
 
 #[test]
 fn int8_runs_the_compiled_in_copy_of_the_int8_file() {
-    let photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/tee-navy.jpg");
+    let photo = repo_file("samples/tee-navy.jpg");
     let built_in = classify_one(&photo, &["--int8"]);
-    let file = int8_file();
+    let file = repo_file("models/default-int8.onnx");
     assert_eq!(
         built_in,
         classify_one(&photo, &["--model", file.to_str().unwrap()])
@@ -827,8 +826,11 @@ fn int8_runs_the_compiled_in_copy_of_the_int8_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
 }
 
-fn int8_file() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default-int8.onnx")
+/// A file of this repository, by its path from the repository's root.
+fn repo_file(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
 }
 
 /// Classifies a photo with the default look, with `--fast`, and with `--fast` on a photo whose
@@ -837,7 +839,7 @@ fn int8_file() -> std::path::PathBuf {
 fn check_two_looks(model: Option<&Path>, tolerance: f64) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/dress-red.jpg");
+    let sample = repo_file("samples/dress-red.jpg");
     // 256x256 needs no resizing: the model's square is the photo itself.
     let photo = image::open(&sample)
         .unwrap()
@@ -930,7 +932,7 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
         }
     }
     std::fs::write(d.join("colours.csv"), csv).unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default.onnx");
+    let shipped = repo_file("models/default.onnx");
     let out = d.join("out.onnx");
     let run = fashion(
         &[
