@@ -340,17 +340,19 @@ impl ModelInfo {
 /// A colour family classifier on the garment's pixels: the [`crate::colour::colour_features`]
 /// of the pixels the palette uses and, for heads trained since they were added, how those pixels
 /// are spread over the photo ([`crate::colour::ColourPixels::region_features`]) and the
-/// garment's low-level features ([`crate::mask::GARMENT_FEATURES`]). It is run by `fashion`
-/// itself rather than in the ONNX graph (its input comes from the garment mask). Its answer is combined with the
+/// garment's low-level features ([`crate::mask::GARMENT_FEATURES`]); a small network or boosted
+/// trees ([`PixelClassifier`]). It is run by `fashion` itself rather than in the ONNX graph (its
+/// input comes from the garment mask). Its answer is combined with the
 /// `colour_family` head's as `p ~ (p_head^head_weight * p_pixels)^(1 / fusion_temperature)`:
 /// each votes with its probabilities, the head's vote weighted, and the weight and the
-/// temperature (fitted together on the validation split) keep the product calibrated.
+/// temperature (fitted together on the validation split, or the weight set by the training
+/// config: 0 leaves the head out) keep the product calibrated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PixelColourHead {
     /// CIELAB anchor colours of the features (the built-in vocabulary when it was trained).
     pub anchors: Vec<[f32; 3]>,
     /// The classifier; its labels are the `colour_family` head's, in the same order.
-    pub head: HeadWeights,
+    pub head: PixelClassifier,
     pub fusion_temperature: f32,
     /// Weight of the `colour_family` head's log-probabilities in the fusion (1 for heads
     /// trained before it was fitted).
@@ -425,7 +427,8 @@ impl PixelColourHead {
 
     /// Class probabilities from features, calibrated by the head's temperature.
     pub fn probabilities(&self, features: &[f32]) -> Vec<f32> {
-        self.head.info.probabilities(&self.head.logits(features))
+        let info = self.head.info();
+        info.probabilities(&self.head.logits(features))
     }
 
     /// The combined distribution of the `colour_family` head's probabilities and this head's.
@@ -456,6 +459,119 @@ pub fn softmax(x: &[f32], t: f32) -> Vec<f32> {
     let e: Vec<f32> = x.iter().map(|v| ((v - max) / t).exp()).collect();
     let sum: f32 = e.iter().sum();
     e.iter().map(|v| v / sum).collect()
+}
+
+/// The classifier of a [`PixelColourHead`]: a small network like the other heads', or boosted
+/// trees ([`TreeHead`]). A head file names its kind by its fields (`trees` or `w1`...), so
+/// heads written before the trees read as they were trained.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PixelClassifier {
+    Trees(TreeHead),
+    Network(HeadWeights),
+}
+
+impl PixelClassifier {
+    /// Its labels and calibration.
+    pub fn info(&self) -> &HeadInfo {
+        match self {
+            PixelClassifier::Trees(t) => &t.info,
+            PixelClassifier::Network(h) => &h.info,
+        }
+    }
+
+    /// Logits (before the temperature) of one feature row.
+    pub fn logits(&self, features: &[f32]) -> Vec<f32> {
+        match self {
+            PixelClassifier::Trees(t) => t.logits(features),
+            PixelClassifier::Network(h) => h.logits(features),
+        }
+    }
+
+    /// Whether it takes rows of `d` features and answers with its labels.
+    pub fn fits(&self, d: usize) -> bool {
+        let c = self.info().labels.len();
+        match self {
+            PixelClassifier::Trees(t) => t.model.n_features() == d && t.model.n_outputs() == c,
+            PixelClassifier::Network(h) => {
+                h.w1.len() == h.info.hidden * d
+                    && h.b1.len() == h.info.hidden
+                    && h.w2.len() == c * h.info.hidden
+                    && h.b2.len() == c
+            }
+        }
+    }
+}
+
+/// Gradient-boosted trees (multiclass softmax, trained by the `hessboost` crate): one logit per
+/// class, the sum of its trees' leaves. Stored as `hessboost`'s binary model format in base64.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(try_from = "TreeHeadFile", into = "TreeHeadFile")]
+pub struct TreeHead {
+    pub info: HeadInfo,
+    model: std::sync::Arc<hessboost::model::BoostedModel>,
+}
+
+/// How a [`TreeHead`] is written in a model's metadata.
+#[derive(Serialize, Deserialize)]
+struct TreeHeadFile {
+    info: HeadInfo,
+    trees: String,
+}
+
+impl TreeHead {
+    /// The head of a trained model (`info`'s temperature divides its margins).
+    pub fn new(info: HeadInfo, model: hessboost::model::BoostedModel) -> Self {
+        TreeHead {
+            info,
+            model: std::sync::Arc::new(model),
+        }
+    }
+
+    /// The margins (logits) of one row; zeros when the row does not fit the trees (a model
+    /// whose head does not fit its features is refused when it is read).
+    pub fn logits(&self, features: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; self.model.n_outputs()];
+        if self
+            .model
+            .predict_margin_row_into(features, hessboost::prelude::Iterations::Best, &mut out)
+            .is_err()
+        {
+            out.fill(0.0);
+        }
+        out
+    }
+}
+
+impl TryFrom<TreeHeadFile> for TreeHead {
+    type Error = String;
+    fn try_from(f: TreeHeadFile) -> std::result::Result<Self, String> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&f.trees)
+            .map_err(|e| format!("pixel colour trees: {e}"))?;
+        let model =
+            hessboost::model::BoostedModel::decode(bytes, hessboost::model::ModelFormat::Binary)
+                .map_err(|e| format!("pixel colour trees: {e}"))?;
+        Ok(TreeHead::new(f.info, model))
+    }
+}
+
+impl From<TreeHead> for TreeHeadFile {
+    fn from(t: TreeHead) -> Self {
+        use base64::Engine as _;
+        // Encoding a model that was decoded or trained cannot fail (the format holds any
+        // forest of this size); should it, the head is written without trees and refused
+        // when read.
+        let bytes = t
+            .model
+            .encode(hessboost::model::ModelFormat::Binary)
+            .unwrap_or_default();
+        TreeHeadFile {
+            info: t.info,
+            trees: base64::engine::general_purpose::STANDARD.encode(bytes),
+        }
+    }
 }
 
 /// Trained weights of one head: `hidden = relu(W1 x + b1)`, `logits = W2 hidden + b2`, with `W`
@@ -1031,15 +1147,8 @@ impl Model {
                 .heads
                 .iter()
                 .find(|h| h.name == crate::data::COLOUR_FAMILY)
-                .is_some_and(|h| h.labels == p.head.info.labels);
-            let h = &p.head;
-            let d = p.input_len();
-            let c = h.info.labels.len();
-            let sizes = h.w1.len() == h.info.hidden * d
-                && h.b1.len() == h.info.hidden
-                && h.w2.len() == c * h.info.hidden
-                && h.b2.len() == c;
-            if !same_labels || !sizes {
+                .is_some_and(|h| h.labels == p.head.info().labels);
+            if !same_labels || !p.head.fits(p.input_len()) {
                 return Err(Error::bad_model(
                     path,
                     "the pixel colour head does not match the colour_family head or its own sizes",
@@ -1557,6 +1666,7 @@ mod tests {
         });
         let p: PixelColourHead = serde_json::from_value(json).unwrap();
         assert_eq!((p.head_weight, p.regions), (1.0, false));
+        assert!(matches!(p.head, PixelClassifier::Network(_)));
         let colours = crate::colour::colour_features_len(1);
         assert_eq!(p.input_len(), colours + crate::mask::GARMENT_FEATURES_DIM);
         // Written again, it keeps what it was; one with regions says so.
@@ -1589,7 +1699,7 @@ mod tests {
         };
         let mut p = PixelColourHead {
             anchors: Vec::new(),
-            head,
+            head: PixelClassifier::Network(head),
             fusion_temperature: 1.0,
             head_weight: 1.0,
             regions: false,

@@ -48,18 +48,18 @@ impl Default for HeadConfig {
 
 /// The cached features and labels of one head.
 pub struct HeadData {
-    name: String,
-    labels: Vec<String>,
+    pub(super) name: String,
+    pub(super) labels: Vec<String>,
     /// Length of a feature row.
-    dim: usize,
+    pub(super) dim: usize,
     /// Whether the rows are [`crate::model::TUNED_FEATURES`].
     tuned: bool,
     /// [`HeadInfo::log_prior`] of the exported head (empty: none).
     log_prior: Vec<f32>,
-    train_x: Vec<f32>,
-    train_y: Vec<u32>,
-    val_x: Vec<f32>,
-    val_y: Vec<u32>,
+    pub(super) train_x: Vec<f32>,
+    pub(super) train_y: Vec<u32>,
+    pub(super) val_x: Vec<f32>,
+    pub(super) val_y: Vec<u32>,
 }
 
 impl HeadData {
@@ -350,7 +350,6 @@ pub(super) fn export_head(
     seconds: f64,
 ) -> (HeadWeights, HeadSummary) {
     let d = data.dim;
-    let c = data.labels.len();
     let h = t.b1.len();
     // Fold the standardisation into the first layer: W1 ((x - m) / s) + b1 = (W1 / s) x + (b1 - (W1 / s) m).
     let mut w1f = vec![0f32; h * d];
@@ -376,31 +375,46 @@ pub(super) fn export_head(
         w2: t.w2.clone(),
         b2: t.b2.clone(),
     };
-    let val_n = data.val_y.len();
-    let logits = if val_n > 0 {
-        weights.logits(&data.val_x)
-    } else {
+    let logits = if data.val_y.is_empty() {
         Vec::new()
+    } else {
+        weights.logits(&data.val_x)
     };
-    let nll1 = nll(&logits, &data.val_y, c, 1.0);
+    let summary = calibrate(data, &logits, &mut weights.info, train_rows, seconds);
+    (weights, summary)
+}
+
+/// Sets the temperature of a head (`info`) whose logits on the validation rows of `data` are
+/// `logits` (by least negative log-likelihood; 1 without validation rows) and its prior, and
+/// measures its answers there.
+pub(super) fn calibrate(
+    data: &HeadData,
+    logits: &[f32],
+    info: &mut HeadInfo,
+    train_rows: usize,
+    seconds: f64,
+) -> HeadSummary {
+    let c = data.labels.len();
+    let val_n = data.val_y.len();
+    let nll1 = nll(logits, &data.val_y, c, 1.0);
     let temperature = if val_n > 0 {
         (0..=80)
             .map(|i| 0.5f32 * 10f32.powf(i as f32 / 80.0))
             .min_by(|a, b| {
-                nll(&logits, &data.val_y, c, *a).total_cmp(&nll(&logits, &data.val_y, c, *b))
+                nll(logits, &data.val_y, c, *a).total_cmp(&nll(logits, &data.val_y, c, *b))
             })
             .unwrap_or(1.0)
     } else {
         1.0
     };
-    weights.info.temperature = temperature;
+    info.temperature = temperature;
     if data.log_prior.len() == c {
-        weights.info.log_prior = data.log_prior.clone();
+        info.log_prior = data.log_prior.clone();
     }
     // Measured as the head answers: calibrated, with its prior.
     let answered: Vec<f32> = logits
         .chunks_exact(c)
-        .flat_map(|row| weights.info.calibrated(row))
+        .flat_map(|row| info.calibrated(row))
         .collect();
     let (acc, top3) = accuracy(&answered, &data.val_y, c);
     let summary = HeadSummary {
@@ -421,7 +435,7 @@ pub(super) fn export_head(
         100.0 * top3,
         temperature
     );
-    (weights, summary)
+    summary
 }
 
 /// Cross-entropy with a weight per row (0 leaves a row out; all 0 gives a loss of 0).

@@ -12,6 +12,7 @@ pub mod features;
 mod heads;
 mod mask;
 mod pixel_colour;
+mod trees;
 mod tune;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,7 @@ use features::Input;
 
 pub use heads::HeadConfig;
 pub use mask::MaskConfig;
+pub use trees::TreesConfig;
 pub use tune::TuneConfig;
 
 /// One dataset to train on.
@@ -91,10 +93,9 @@ pub struct TrainConfig {
     #[serde(default)]
     pub mask: MaskConfig,
     /// The colour family classifier on garment pixels (trained with the `colour_family` head;
-    /// `hidden = 0` leaves it out). A partial section takes the `[heads]` defaults for the
-    /// keys it leaves out.
-    #[serde(default = "default_pixel_colour")]
-    pub pixel_colour: HeadConfig,
+    /// `hidden = 0` leaves it out).
+    #[serde(default)]
+    pub pixel_colour: PixelColourConfig,
     /// Preprocessing (must match the backbone).
     #[serde(default)]
     pub preprocess: Preprocess,
@@ -124,12 +125,70 @@ fn default_prior_heads() -> Vec<String> {
 fn default_min_count() -> usize {
     2
 }
-fn default_pixel_colour() -> HeadConfig {
-    HeadConfig {
-        hidden: 64,
-        epochs: 30,
-        batch: 128,
-        ..HeadConfig::default()
+/// Hyper-parameters of the pixel colour head ([`crate::model::PixelColourHead`]): a network's
+/// (the keys of [`HeadConfig`]; a key left out takes `[heads]`'s default, except `hidden` 64,
+/// `epochs` 30 and `batch` 128), or boosted trees' instead
+/// (`[pixel_colour.trees]`); and how its answer is combined with the `colour_family` head's.
+/// The network's keys are repeated here rather than flattened in from [`HeadConfig`]: serde
+/// does not refuse unknown keys through a flattened struct, and a misspelt key must not pass.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PixelColourConfig {
+    pub hidden: usize,
+    pub epochs: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub dropout: f32,
+    pub class_balance: f64,
+    /// Boosted trees in place of the network (whose keys then do not apply, except `hidden =
+    /// 0`, which still leaves the head out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trees: Option<TreesConfig>,
+    /// Weight of the `colour_family` head's vote (0 to 1); left out, it is fitted on the
+    /// validation split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_weight: Option<f32>,
+}
+
+impl Default for PixelColourConfig {
+    fn default() -> Self {
+        Self::with_network(&HeadConfig {
+            hidden: 64,
+            epochs: 30,
+            batch: 128,
+            ..HeadConfig::default()
+        })
+    }
+}
+
+impl PixelColourConfig {
+    /// A network with these hyper-parameters, its vote's weight fitted.
+    fn with_network(h: &HeadConfig) -> Self {
+        Self {
+            hidden: h.hidden,
+            epochs: h.epochs,
+            batch: h.batch,
+            learning_rate: h.learning_rate,
+            weight_decay: h.weight_decay,
+            dropout: h.dropout,
+            class_balance: h.class_balance,
+            trees: None,
+            head_weight: None,
+        }
+    }
+
+    /// The network's hyper-parameters.
+    pub fn network(&self) -> HeadConfig {
+        HeadConfig {
+            hidden: self.hidden,
+            epochs: self.epochs,
+            batch: self.batch,
+            learning_rate: self.learning_rate,
+            weight_decay: self.weight_decay,
+            dropout: self.dropout,
+            class_balance: self.class_balance,
+        }
     }
 }
 
@@ -842,6 +901,38 @@ mod tests {
         cfg.test_time_flip = false;
         let err = error(&cfg);
         assert!(err.to_string().contains("no such dataset"), "{err}");
+    }
+
+    #[test]
+    fn boosted_trees_and_a_fixed_head_weight_are_pixel_colour_settings_only() {
+        let cfg: TrainConfig = toml::from_str(
+            "[pixel_colour]\nhead_weight = 0.2\nhidden = 32\n[pixel_colour.trees]\nrounds = 10\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.pixel_colour.head_weight, Some(0.2));
+        let trees = cfg.pixel_colour.trees.clone().unwrap();
+        assert_eq!(trees.rounds, 10);
+        assert_eq!(trees.depth, TreesConfig::default().depth);
+        // Network keys a section leaves out take the pixel colour defaults, not `[heads]`'s.
+        let network = cfg.pixel_colour.network();
+        assert_eq!(
+            (network.hidden, network.epochs, network.batch),
+            (32, 30, 128)
+        );
+        assert_eq!(network.dropout, HeadConfig::default().dropout);
+        // Without the section: the pixel colour network, and the weight fitted.
+        let plain: TrainConfig = toml::from_str("").unwrap();
+        assert!(plain.pixel_colour.trees.is_none());
+        assert!(plain.pixel_colour.head_weight.is_none());
+        assert_eq!(plain.pixel_colour.network().hidden, 64);
+        for bad in [
+            "[heads.trees]\nrounds = 10\n",
+            "[heads]\nhead_weight = 0.5\n",
+            "[pixel_colour.trees]\nleaves = 3\n",
+            "[pixel_colour]\nhiden = 3\n",
+        ] {
+            assert!(toml::from_str::<TrainConfig>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Training the pixel colour head ([`crate::model::PixelColourHead`]): the model built so far
 //! (backbone, heads, garment mask) classifies every colour-labelled photo as `fashion classify`
 //! would; the colour features of the pixels its palette used are the inputs of one more
-//! classifier head, trained like the others; then the weight of the `colour_family` head's vote
-//! and the temperature of the combined answer are fitted on the validation split.
+//! classifier head, trained like the others (or boosted trees, `[pixel_colour.trees]`); then
+//! the weight of the `colour_family` head's vote (unless the config sets it) and the temperature
+//! of the combined answer are fitted on the validation split.
 
 use std::path::Path;
 
@@ -15,11 +16,12 @@ use crate::data::{Sample, Split, COLOUR_FAMILY};
 use crate::engine::Threads;
 use crate::error::{Error, Result};
 use crate::hash::fnv1a;
-use crate::model::{Model, PixelColourHead};
+use crate::model::{Model, PixelClassifier, PixelColourHead};
 use crate::predict::{Classifier, ClassifyOptions, Prepared};
 use crate::Preprocess;
 
-use super::heads::{self, HeadConfig, HeadData, HeadSummary};
+use super::heads::{self, HeadData, HeadSummary};
+use super::PixelColourConfig;
 
 /// What training the pixel colour head measured on the validation split.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -40,7 +42,7 @@ pub fn train_pixel_colour(
     model: &[u8],
     name: &Path,
     samples: &[&Sample],
-    cfg: &HeadConfig,
+    cfg: &PixelColourConfig,
     seed: u64,
     threads: usize,
     batch: usize,
@@ -72,15 +74,19 @@ pub fn train_pixel_colour(
     let mut val_head: Vec<Vec<f32>> = Vec::new();
     let mut val_feats: Vec<Vec<f32>> = Vec::new();
     let mut val_y: Vec<usize> = Vec::new();
+    // Which validation rows are portraits: they count in the fit of the fusion, so that it
+    // suits both shapes of photo, and not in the accuracies reported.
+    let mut val_portrait: Vec<bool> = Vec::new();
     let bar = super::photo_bar(labelled.len(), "pixel colour");
     // The key of the cached head covers what decides the features: the model (mask included)
     // and the photos.
     let mut key = fnv1a(crate::hash::START, &seed.to_le_bytes());
     for chunk in labelled.chunks(batch.max(1)) {
-        // Training photos are learnt twice: as they are, and (square ones) as portraits; each
-        // is decoded once for both.
+        // Photos are seen twice: as they are, and (square ones) as portraits; each is decoded
+        // once for both. Training photos are learnt in both shapes; validation photos in both
+        // shapes fit the fusion.
         let pre = &classifier.model.info.preprocess;
-        let prepared: Vec<(Prepared, &(&Sample, usize))> = chunk
+        let prepared: Vec<(Prepared, bool, &(&Sample, usize))> = chunk
             .par_iter()
             .flat_map_iter(|entry| {
                 let img = pre
@@ -89,17 +95,19 @@ pub fn train_pixel_colour(
                 let photo = img.as_ref().and_then(|i| pre.square(i).ok());
                 let portrait = img
                     .as_ref()
-                    .filter(|_| entry.0.split == Split::Train)
                     .and_then(|i| portrait_square(pre, i).ok().flatten());
                 let classifier = &classifier;
                 photo
+                    .map(|sq| (sq, false))
                     .into_iter()
-                    .chain(portrait)
-                    .map(move |sq| (classifier.prepare_square(sq), entry))
+                    .chain(portrait.map(|sq| (sq, true)))
+                    .map(move |(sq, portrait)| (classifier.prepare_square(sq), portrait, entry))
             })
             .collect();
-        let photos: Vec<&Prepared> = prepared.iter().map(|(p, _)| p).collect();
-        for ((prep, (sample, class)), out) in prepared.iter().zip(classifier.infer(&photos)?) {
+        let photos: Vec<&Prepared> = prepared.iter().map(|(p, _, _)| p).collect();
+        for ((prep, portrait, (sample, class)), out) in
+            prepared.iter().zip(classifier.infer(&photos)?)
+        {
             let model_features = out.garment_features.clone();
             let pred = classifier.finish(prep, out);
             let f = PixelColourHead::input(
@@ -123,7 +131,10 @@ pub fn train_pixel_colour(
                             .unwrap_or_default(),
                     );
                     val_y.push(*class);
-                    data.push_val(f, *class);
+                    val_portrait.push(*portrait);
+                    if !portrait {
+                        data.push_val(f, *class);
+                    }
                 }
             }
         }
@@ -135,19 +146,30 @@ pub fn train_pixel_colour(
             "pixel colour: no photo with a colour family label".into(),
         ));
     }
-    let (weights, summary) = heads::train_head(data, cfg, seed, cache_dir, key)?;
+    let (classifier, summary) = match &cfg.trees {
+        Some(trees) => {
+            let (t, s) = super::trees::train_trees(&data, trees, seed, threads)?;
+            (PixelClassifier::Trees(t), s)
+        }
+        None => {
+            let (w, s) = heads::train_head(data, &cfg.network(), seed, cache_dir, key)?;
+            (PixelClassifier::Network(w), s)
+        }
+    };
     let mut head = PixelColourHead {
         anchors,
-        head: weights,
+        head: classifier,
         fusion_temperature: 1.0,
         head_weight: 1.0,
         regions: true,
         garment_features,
     };
     let pixel_probs: Vec<Vec<f32>> = val_feats.iter().map(|f| head.probabilities(f)).collect();
-    // The head's weight (0 to 1 in steps of 0.05) and the temperature (0.5 to 5) with the
-    // least negative log-likelihood of the labels: a weak head that errs with the pixels gets
-    // less say.
+    // The head's weight (0 to 1 in steps of 0.05, unless the config sets it) and the
+    // temperature (0.5 to 5) with the least negative log-likelihood of the labels, over the
+    // validation photos in both shapes: a weak head that errs with the pixels gets less say,
+    // and so does a head that answers the portrait (a full catalogue photo) otherwise than its
+    // square copy: the backbone's heads learn square photos only.
     let nll = |w: f32, t: f32| -> f64 {
         val_head
             .iter()
@@ -158,9 +180,13 @@ pub fn train_pixel_colour(
             })
             .sum::<f64>()
     };
-    let grid = (0..=20).flat_map(|wi| {
-        (0..=80).map(move |ti| (wi as f32 / 20.0, 0.5f32 * 10f32.powf(ti as f32 / 80.0)))
-    });
+    let weights: Vec<f32> = match cfg.head_weight {
+        Some(w) => vec![w.clamp(0.0, 1.0)],
+        None => (0..=20).map(|wi| wi as f32 / 20.0).collect(),
+    };
+    let grid = weights
+        .into_iter()
+        .flat_map(|w| (0..=80).map(move |ti| (w, 0.5f32 * 10f32.powf(ti as f32 / 80.0))));
     (head.head_weight, head.fusion_temperature) = grid
         .map(|(w, t)| (w, t, nll(w, t)))
         .min_by(|a, b| a.2.total_cmp(&b.2))
@@ -171,8 +197,9 @@ pub fn train_pixel_colour(
             .unwrap_or(0)
     };
     let acc = |pred: &dyn Fn(usize) -> usize| {
-        let right = (0..val_y.len()).filter(|&i| pred(i) == val_y[i]).count();
-        right as f64 / val_y.len().max(1) as f64
+        let plain: Vec<usize> = (0..val_y.len()).filter(|&i| !val_portrait[i]).collect();
+        let right = plain.iter().filter(|&&i| pred(i) == val_y[i]).count();
+        right as f64 / plain.len().max(1) as f64
     };
     let s = PixelColourSummary {
         head: summary,
