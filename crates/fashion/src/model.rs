@@ -464,11 +464,26 @@ pub fn softmax(x: &[f32], t: f32) -> Vec<f32> {
 /// The classifier of a [`PixelColourHead`]: a small network like the other heads', or boosted
 /// trees ([`TreeHead`]). A head file names its kind by its fields (`trees` or `w1`...), so
 /// heads written before the trees read as they were trained.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum PixelClassifier {
     Trees(TreeHead),
     Network(HeadWeights),
+}
+
+impl<'de> Deserialize<'de> for PixelClassifier {
+    /// By the `trees` field, so that a head that fails to read says why (serde's untagged
+    /// enums only say that no kind matched).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = serde_json::Value::deserialize(d)?;
+        if value.get("trees").is_some() {
+            serde_json::from_value(value).map(PixelClassifier::Trees)
+        } else {
+            serde_json::from_value(value).map(PixelClassifier::Network)
+        }
+        .map_err(D::Error::custom)
+    }
 }
 
 impl PixelClassifier {
@@ -1664,9 +1679,15 @@ mod tests {
             "fusion_temperature": 1.5,
             "garment_features": true,
         });
-        let p: PixelColourHead = serde_json::from_value(json).unwrap();
+        let p: PixelColourHead = serde_json::from_value(json.clone()).unwrap();
         assert_eq!((p.head_weight, p.regions), (1.0, false));
         assert!(matches!(p.head, PixelClassifier::Network(_)));
+        // A head of trees that cannot be read says why.
+        let mut broken = json;
+        broken["head"] = serde_json::json!({"info": broken["head"]["info"].clone(),
+                                            "trees": "bm90IGEgbW9kZWw="});
+        let err = serde_json::from_value::<PixelColourHead>(broken).unwrap_err();
+        assert!(err.to_string().contains("pixel colour trees"), "{err}");
         let colours = crate::colour::colour_features_len(1);
         assert_eq!(p.input_len(), colours + crate::mask::GARMENT_FEATURES_DIM);
         // Written again, it keeps what it was; one with regions says so.
