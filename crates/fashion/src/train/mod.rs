@@ -153,22 +153,11 @@ pub struct PixelColourConfig {
 
 impl Default for PixelColourConfig {
     fn default() -> Self {
-        Self::with_network(&HeadConfig {
+        let h = HeadConfig::default();
+        Self {
             hidden: 64,
             epochs: 30,
             batch: 128,
-            ..HeadConfig::default()
-        })
-    }
-}
-
-impl PixelColourConfig {
-    /// A network with these hyper-parameters, its vote's weight fitted.
-    fn with_network(h: &HeadConfig) -> Self {
-        Self {
-            hidden: h.hidden,
-            epochs: h.epochs,
-            batch: h.batch,
             learning_rate: h.learning_rate,
             weight_decay: h.weight_decay,
             dropout: h.dropout,
@@ -176,6 +165,41 @@ impl PixelColourConfig {
             trees: None,
             head_weight: None,
         }
+    }
+}
+
+impl PixelColourConfig {
+    /// Refuses settings that cannot train, before any photo is read.
+    fn check(&self) -> Result<()> {
+        let bad = |what: String| {
+            Err(Error::InvalidArgument(format!(
+                "config: [pixel_colour] {what}"
+            )))
+        };
+        if let Some(w) = self.head_weight {
+            if !(0.0..=1.0).contains(&w) {
+                return bad(format!("head_weight must be from 0 to 1, not {w}"));
+            }
+        }
+        if let Some(t) = &self.trees {
+            let share = |v: f64| v > 0.0 && v <= 1.0;
+            if t.rounds == 0 || t.depth == 0 {
+                return bad("trees need rounds and depth of at least 1".into());
+            }
+            if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+                return bad(format!(
+                    "trees learning_rate must be above 0, not {}",
+                    t.learning_rate
+                ));
+            }
+            if !share(t.subsample) || !share(t.colsample) {
+                return bad(format!(
+                    "trees subsample and colsample must be above 0 and at most 1, not {} and {}",
+                    t.subsample, t.colsample
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The network's hyper-parameters.
@@ -315,6 +339,7 @@ fn current_looks(job: &TrainJob) -> Result<Vec<u8>> {
             "config: [pixel_colour] hidden = 0 turns the pixel colour head off".into(),
         ));
     }
+    cfg.pixel_colour.check()?;
     let original = std::fs::read(job.backbone).map_err(|e| Error::io(job.backbone, e))?;
     let bytes = model::with_garment_features(&original, job.backbone)?.unwrap_or(original);
     let looked = if cfg.test_time_flip {
@@ -402,6 +427,7 @@ const HEAD_ORDER: [&str; 4] = [
 pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     let start = Instant::now();
     let cfg = job.config;
+    cfg.pixel_colour.check()?;
     for (key, names) in [
         ("tune.heads", &cfg.tune.heads),
         ("prior_heads", &cfg.prior_heads),
@@ -932,6 +958,28 @@ mod tests {
             "[pixel_colour]\nhiden = 3\n",
         ] {
             assert!(toml::from_str::<TrainConfig>(bad).is_err(), "{bad}");
+        }
+        // Settings that cannot train are refused before any photo is read.
+        assert!(cfg.pixel_colour.check().is_ok() && plain.pixel_colour.check().is_ok());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for (bad, says) in [
+            (
+                "head_weight = 1.5",
+                "head_weight must be from 0 to 1, not 1.5",
+            ),
+            ("[pixel_colour.trees]\ndepth = 0", "rounds and depth"),
+            (
+                "[pixel_colour.trees]\nlearning_rate = 0.0",
+                "learning_rate must be above 0",
+            ),
+            (
+                "[pixel_colour.trees]\ncolsample = 1.5",
+                "subsample and colsample",
+            ),
+        ] {
+            let cfg: TrainConfig = toml::from_str(&format!("[pixel_colour]\n{bad}\n")).unwrap();
+            let err = train_error(&root.join("models/default.onnx"), &cfg).to_string();
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 

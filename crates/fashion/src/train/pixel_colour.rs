@@ -181,7 +181,7 @@ pub fn train_pixel_colour(
             .sum::<f64>()
     };
     let weights: Vec<f32> = match cfg.head_weight {
-        Some(w) => vec![w.clamp(0.0, 1.0)],
+        Some(w) => vec![w],
         None => (0..=20).map(|wi| wi as f32 / 20.0).collect(),
     };
     let grid = weights

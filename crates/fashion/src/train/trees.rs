@@ -59,12 +59,6 @@ pub fn train_trees(
             data.name
         )));
     }
-    if cfg.rounds == 0 || cfg.depth == 0 {
-        return Err(Error::Training(format!(
-            "config: {} trees need rounds and depth of at least 1",
-            data.name
-        )));
-    }
     let y: Vec<f32> = data.train_y.iter().map(|&v| v as f32).collect();
     let train_rows = DMatrix::from_dense(&data.train_x, n, data.dim)
         .and_then(|m| m.with_labels(&y))
