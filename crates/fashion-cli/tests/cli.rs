@@ -968,6 +968,36 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
     let diff = max_diff(&probabilities(&before), &probabilities(&after));
     assert!(diff < 1e-6, "the other heads moved by {diff}");
     assert_eq!(before["category"]["top"].as_array().unwrap().len(), 30);
+    // With the shipped config the head is boosted trees, without the colour_family head's vote.
+    let trees_out = d.join("trees.onnx");
+    let config = repo_file("configs/default.toml");
+    let run = fashion(
+        &[
+            "train",
+            "--csv",
+            d.join("colours.csv").to_str().unwrap(),
+            "--backbone",
+            shipped.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--only-pixel-colour",
+            "--cache",
+            d.join("cache").to_str().unwrap(),
+            "--output",
+            trees_out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = String::from_utf8_lossy(&std::fs::read(&trees_out).unwrap()).into_owned();
+    assert!(text.contains("\"trees\":\"") && text.contains("\"head_weight\":0.0"));
+    let trees = classify_one(&photo, &["--model", trees_out.to_str().unwrap()]);
+    assert!(max_diff(&probabilities(&before), &probabilities(&trees)) < 1e-6);
+    assert!(trees["colour"]["primary"]["family"].is_string());
     // A model file that is not one is refused with its name.
     std::fs::write(d.join("bad.onnx"), b"not a model").unwrap();
     let bad = fashion(
