@@ -933,27 +933,33 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
     }
     std::fs::write(d.join("colours.csv"), csv).unwrap();
     let shipped = repo_file("models/default.onnx");
-    let out = d.join("out.onnx");
-    let run = fashion(
-        &[
+    // `fashion train --only-pixel-colour` on these photos into `out`, with `extra` arguments;
+    // it must succeed.
+    let train = |extra: &[&str], out: &Path| {
+        let (csv, cache) = (d.join("colours.csv"), d.join("cache"));
+        let mut args = vec![
             "train",
             "--csv",
-            d.join("colours.csv").to_str().unwrap(),
+            csv.to_str().unwrap(),
             "--backbone",
             shipped.to_str().unwrap(),
             "--only-pixel-colour",
             "--cache",
-            d.join("cache").to_str().unwrap(),
+            cache.to_str().unwrap(),
             "--output",
             out.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+        ];
+        args.extend_from_slice(extra);
+        let run = fashion(&args, None);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        run
+    };
+    let out = d.join("out.onnx");
+    let run = train(&[], &out);
     // The new head learned from these photos: 4 of them are validation photos.
     let bytes = std::fs::read(&out).unwrap();
     let text = String::from_utf8_lossy(&bytes);
@@ -971,28 +977,7 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
     // With the shipped config the head is boosted trees, without the colour_family head's vote.
     let trees_out = d.join("trees.onnx");
     let config = repo_file("configs/default.toml");
-    let run = fashion(
-        &[
-            "train",
-            "--csv",
-            d.join("colours.csv").to_str().unwrap(),
-            "--backbone",
-            shipped.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--only-pixel-colour",
-            "--cache",
-            d.join("cache").to_str().unwrap(),
-            "--output",
-            trees_out.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    train(&["--config", config.to_str().unwrap()], &trees_out);
     let text = String::from_utf8_lossy(&std::fs::read(&trees_out).unwrap()).into_owned();
     assert!(text.contains("\"trees\":\"") && text.contains("\"head_weight\":0.0"));
     let trees = classify_one(&photo, &["--model", trees_out.to_str().unwrap()]);
