@@ -58,21 +58,55 @@ impl ModelArgs {
         threads: Threads,
         explain: bool,
     ) -> Result<Classifier> {
+        self.classifier_from(&self.bytes()?, options, threads, explain)
+    }
+
+    /// [`ModelArgs::classifier_with`] for the model in `bytes` (from [`ModelArgs::bytes`]).
+    fn classifier_from(
+        &self,
+        bytes: &[u8],
+        options: ClassifyOptions,
+        threads: Threads,
+        explain: bool,
+    ) -> Result<Classifier> {
         let vocabulary = match &self.colours {
             Some(p) => Vocabulary::from_file(p)?,
             None => Vocabulary::default(),
         };
-        let bytes = self.bytes()?;
-        let mut model = self.model_from(&bytes, threads)?;
+        let mut model = self.model_from(bytes, threads)?;
         if let Some(fit) = self.fit {
             model.info.preprocess.fit = fit;
         }
         if explain {
             model
-                .load_explainer(&bytes)
+                .load_explainer(bytes)
                 .context("cannot read the category head for heat maps")?;
         }
         Ok(Classifier::new(model, vocabulary, options))
+    }
+
+    /// `n` classifiers of one inference thread each (at least one), for a server's model
+    /// workers: the first also draws heat maps; the others share its metadata and vocabulary
+    /// ([`fashion::Model::replica`]), so that the model file is read, and its pixel colour trees
+    /// decoded, once.
+    pub fn workers(&self, options: ClassifyOptions, n: usize) -> Result<Vec<Classifier>> {
+        let bytes = self.bytes()?;
+        let first = self.classifier_from(&bytes, options.clone(), Threads::single(1), true)?;
+        let mut out = Vec::with_capacity(n.max(1));
+        for _ in 1..n {
+            // The replica's metadata is the first's, `--fit` included.
+            let model = first
+                .model
+                .replica(&bytes, Threads::single(1))
+                .context("cannot load")?;
+            out.push(Classifier::new(
+                model,
+                first.vocabulary.clone(),
+                options.clone(),
+            ));
+        }
+        out.insert(0, first);
+        Ok(out)
     }
 
     /// The built-in model and vocabulary, one inference thread.
@@ -149,3 +183,47 @@ static DEFAULT_MODEL: &[u8] = include_bytes!("../../../models/default.onnx");
 
 /// The built-in model's int8 variant, written by scripts/quantize.py (see models/MODEL_CARD.md).
 static INT8_MODEL: &[u8] = include_bytes!("../../../models/default-int8.onnx");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_workers_share_one_load_and_answer_alike() {
+        let args = ModelArgs {
+            fit: Some(Fit::Crop),
+            ..ModelArgs::default_for_tests()
+        };
+        let workers = args.workers(ClassifyOptions::default(), 3).unwrap();
+        assert_eq!(workers.len(), 3);
+        // Heat maps are drawn by the first worker only.
+        assert!(workers[0].model.explainer.is_some());
+        assert!(workers[1..].iter().all(|w| w.model.explainer.is_none()));
+        // `--fit` holds for every worker, not only the one loaded from the file.
+        assert!(workers
+            .iter()
+            .all(|w| w.model.info.preprocess.fit == Fit::Crop));
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let photos = [
+            root.join("samples/tee-navy.jpg"),
+            root.join("samples/dress-red.jpg"),
+        ];
+        let answers: Vec<String> = workers
+            .iter()
+            .map(|w| {
+                let got: Vec<_> = w
+                    .classify_paths(&photos)
+                    .into_iter()
+                    .map(|p| p.unwrap())
+                    .collect();
+                serde_json::to_string(&got).unwrap()
+            })
+            .collect();
+        assert!(answers.iter().all(|a| *a == answers[0]));
+        // No worker asked for still gives one.
+        assert_eq!(
+            args.workers(ClassifyOptions::default(), 0).unwrap().len(),
+            1
+        );
+    }
+}

@@ -1138,6 +1138,26 @@ impl Model {
         })?;
         let info: ModelInfo = serde_json::from_str(json)
             .map_err(|e| Error::bad_model(path, format!("bad metadata: {e}")))?;
+        Self::checked(engine, info, path)
+    }
+
+    /// Another copy of this model for one more inference session (a server's model workers):
+    /// its own engine, built from `bytes` (the model this one was loaded from) with `threads`,
+    /// and this model's metadata shared rather than read again, so that the pixel colour trees
+    /// are decoded and held once for all copies. Without heat maps ([`Model::load_explainer`]).
+    pub fn replica(&self, bytes: &[u8], threads: Threads) -> Result<Model> {
+        let engine = Engine::from_bytes(bytes, &self.path, threads)?;
+        if engine.metadata(METADATA_KEY) != self.engine.metadata(METADATA_KEY) {
+            return Err(Error::bad_model(
+                &self.path,
+                "a replica must be built from the bytes its model was loaded from",
+            ));
+        }
+        Self::checked(engine, self.info.clone(), &self.path)
+    }
+
+    /// The model of `engine` and `info` once they are checked against each other.
+    fn checked(engine: Engine, info: ModelInfo, path: &Path) -> Result<Model> {
         let side = i64::from(info.input_side());
         if let Some(takes) = engine.input_side().filter(|&s| s != side) {
             return Err(Error::bad_model(
@@ -1255,6 +1275,44 @@ mod tests {
         assert_eq!(a.shape(), b.shape(), "{what}");
         let worst = worst(a, b);
         assert!(worst < 1e-5, "{what}: differs by {worst}");
+    }
+
+    #[test]
+    fn a_replica_answers_as_its_model_and_shares_its_trees() {
+        let bytes = one_look(&shipped());
+        let name = Path::new("default.onnx");
+        let model = Model::from_bytes(&bytes, name, Threads::single(1)).unwrap();
+        let copy = model.replica(&bytes, Threads::single(1)).unwrap();
+        assert_eq!(copy.path, model.path);
+        assert!(copy.explainer.is_none());
+        // The pixel colour trees are decoded once, for both.
+        let trees = |m: &Model| match &m.info.pixel_colour.as_ref().unwrap().head {
+            PixelClassifier::Trees(t) => t.model.clone(),
+            PixelClassifier::Network(_) => panic!("the built-in model's pixel head is trees"),
+        };
+        assert!(std::sync::Arc::ptr_eq(&trees(&model), &trees(&copy)));
+        // Its own engine gives the same outputs.
+        let side = model.info.input_side() as usize;
+        let x = Array4::from_shape_fn((2, 3, side, side), |(n, c, y, x)| {
+            ((n * 7 + c * 5 + y * 3 + x) % 17) as f32 / 8.0 - 1.0
+        });
+        let heads: Vec<&str> = model.info.heads.iter().map(|h| h.name.as_str()).collect();
+        for (a, b) in model
+            .engine
+            .run(x.view(), &heads)
+            .unwrap()
+            .iter()
+            .zip(&copy.engine.run(x.view(), &heads).unwrap())
+        {
+            close(a, b, "replica");
+        }
+        // Bytes of another model are refused.
+        let int8 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/default-int8.onnx");
+        let err = model
+            .replica(&std::fs::read(int8).unwrap(), Threads::single(1))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("replica"), "{err}");
     }
 
     #[test]

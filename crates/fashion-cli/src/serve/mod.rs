@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use fashion::{ClassifyOptions, Threads};
+use fashion::ClassifyOptions;
 
 pub use api::{router, AppState, Limits};
 
@@ -69,12 +69,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     // The first worker's classifier also draws heat maps (AppState::new).
-    let classifiers = (0..workers)
-        .map(|i| {
-            args.model
-                .classifier_with(options.clone(), Threads::single(1), i == 0)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let classifiers = args.model.workers(options, workers)?;
     let state = AppState::new(classifiers, limits);
     state.warm_up()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -27,10 +27,11 @@ fn state_with(limits: Limits, max_pixels: u64) -> Arc<AppState> {
         max_pixels,
         ..Default::default()
     };
-    let classifier = crate::model::ModelArgs::default_for_tests()
-        .classifier_with(options, fashion::Threads::single(1), true)
+    // Two model workers, as `fashion serve` starts them: the second is a replica.
+    let classifiers = crate::model::ModelArgs::default_for_tests()
+        .workers(options, 2)
         .unwrap();
-    let st = AppState::new(vec![classifier], limits);
+    let st = AppState::new(classifiers, limits);
     st.warm_up().unwrap();
     st
 }
