@@ -34,7 +34,8 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Continue an interrupted run: photos already in --out are skipped and new results are
-    /// appended. A line cut short by the interruption is removed first.
+    /// appended. A line cut short by the interruption is removed first. Refused when the run
+    /// was begun with another model or settings (recorded beside it in OUT.settings.json).
     #[arg(long, requires = "out")]
     resume: bool,
     /// Classify only shard I of N (1-based), a fixed share of the photos chosen by a hash of
@@ -215,6 +216,83 @@ fn open_output(
     Ok((file, done, complete == 0))
 }
 
+/// Where the settings of a run into `out` are kept: beside it, its name followed by
+/// `.settings.json` (`tags.csv` and `tags.jsonl` keep theirs apart).
+fn settings_path(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".settings.json");
+    PathBuf::from(name)
+}
+
+/// What decides the lines a run writes: the model and how it runs
+/// ([`crate::model::ModelArgs::identity`]), `--top`, `--min-confidence`, and the labels checked
+/// (a hash of the `--labels` file) with `--contradict-confidence`.
+fn run_settings(args: &ClassifyArgs) -> Result<serde_json::Value> {
+    let mut s = args.model.identity()?;
+    let labels = match &args.labels {
+        Some(p) => Some(format!(
+            "{:016x}",
+            fashion::hash::of(
+                &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?
+            )
+        )),
+        None => None,
+    };
+    // Confidences as typed (0.9, not 0.899999976 as a float32 widened).
+    let typed = |x: f32| x.to_string().parse::<f64>().unwrap_or_default();
+    s["top"] = args.top.into();
+    s["min_confidence"] = typed(args.min_confidence).into();
+    s["labels"] = labels.into();
+    s["contradict_confidence"] = typed(args.contradict_confidence).into();
+    Ok(s)
+}
+
+/// Refuses to continue a run into `out` that was begun with other settings (see
+/// [`run_settings`]), so that one file never holds the answers of two models. A file begun
+/// without a settings record (by an earlier version) is continued with a warning.
+fn check_resume(out: &Path, settings: &serde_json::Value) -> Result<()> {
+    let begun = std::fs::metadata(out).is_ok_and(|m| m.len() > 0);
+    if !begun {
+        return Ok(());
+    }
+    let side = settings_path(out);
+    let text = match std::fs::read_to_string(&side) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "warning: {} has no record of the settings it was begun with ({}): cannot check \
+                 that it was begun with this model",
+                out.display(),
+                side.display()
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", side.display())),
+    };
+    let before: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a settings record", side.display()))?;
+    let differ: Vec<String> = settings
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| before.get(k.as_str()) != Some(v))
+        .map(|(k, _)| match k.as_str() {
+            "model" => "model (--model, --int8)".to_string(),
+            k => format!("--{}", k.replace('_', "-")),
+        })
+        .collect();
+    if !differ.is_empty() {
+        bail!(
+            "{} was begun with another {}: resume it with the settings it was begun with (see \
+             {}), or write to a new --out",
+            out.display(),
+            differ.join(", "),
+            side.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     if !(0.0..=1.0).contains(&args.min_confidence) {
         bail!("--min-confidence must be between 0 and 1");
@@ -252,7 +330,16 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     }
     let (sink, done, header): (Box<dyn Write>, HashSet<String>, bool) = match &args.out {
         Some(out) => {
+            let settings = run_settings(&args)?;
+            if args.resume {
+                check_resume(out, &settings)?;
+            }
             let (file, done, empty) = open_output(out, format, args.resume)?;
+            // Written once the output is ours: a run refused for an existing --out leaves the
+            // record of the run that wrote it.
+            let side = settings_path(out);
+            std::fs::write(&side, serde_json::to_string_pretty(&settings)? + "\n")
+                .with_context(|| format!("cannot write {}", side.display()))?;
             (Box::new(file), done, empty)
         }
         None => (Box::new(std::io::stdout().lock()), HashSet::new(), true),

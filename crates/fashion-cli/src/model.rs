@@ -109,6 +109,34 @@ impl ModelArgs {
         Ok(out)
     }
 
+    /// What these flags decide about the answers, for `fashion classify --resume` to compare
+    /// with the run it continues: a hash of the model file as given (`--model`, the built-in
+    /// model or its `--int8` variant), `--fast`, `--fit`, and a hash of the `--colours` file.
+    pub fn identity(&self) -> Result<serde_json::Value> {
+        let hash = |b: &[u8]| format!("{:016x}", fashion::hash::of(b));
+        let model = match &self.model {
+            Some(p) => hash(
+                &std::fs::read(p).with_context(|| format!("cannot read model {}", p.display()))?,
+            ),
+            None if self.int8 => hash(INT8_MODEL),
+            None => hash(DEFAULT_MODEL),
+        };
+        let colours = match &self.colours {
+            Some(p) => {
+                Some(hash(&std::fs::read(p).with_context(|| {
+                    format!("cannot read colours {}", p.display())
+                })?))
+            }
+            None => None,
+        };
+        Ok(serde_json::json!({
+            "model": model,
+            "fast": self.fast,
+            "fit": self.fit,
+            "colours": colours,
+        }))
+    }
+
     /// The built-in model and vocabulary, one inference thread.
     #[cfg(test)]
     pub fn default_for_tests() -> ModelArgs {

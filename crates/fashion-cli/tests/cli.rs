@@ -227,6 +227,60 @@ fn errors_say_the_path_and_the_reason_once() {
 }
 
 #[test]
+fn resume_refuses_a_run_begun_with_another_model_or_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let photos = d.join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    garment(&photos.join("navy.png"), [31, 42, 68]);
+    garment(&photos.join("red.png"), [200, 16, 46]);
+    let out = d.join("tags.jsonl");
+    let side = d.join("tags.jsonl.settings.json");
+    let run = |extra: &[&str]| {
+        let mut a = vec!["classify", "--out", out.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        a.push(photos.to_str().unwrap());
+        fashion(&a, None)
+    };
+    let first = run(&[]);
+    assert_eq!(first.status.code(), Some(0));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let record = std::fs::read_to_string(&side).unwrap();
+    let settings: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(settings["fast"], false);
+    assert_eq!(settings["contradict_confidence"], 0.9);
+    for (extra, named) in [
+        (&["--resume", "--int8"][..], "--int8"),
+        (&["--resume", "--fast"][..], "--fast"),
+        (
+            &["--resume", "--min-confidence", "0.5"][..],
+            "--min-confidence",
+        ),
+        (&["--resume", "--fit", "crop"][..], "--fit"),
+    ] {
+        let again = run(extra);
+        let stderr = String::from_utf8_lossy(&again.stderr);
+        assert_eq!(again.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(named), "{extra:?}: {stderr}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), text, "{extra:?}");
+        assert_eq!(std::fs::read_to_string(&side).unwrap(), record, "{extra:?}");
+    }
+    // A run refused for an existing --out leaves the record of the run that wrote it.
+    assert_eq!(run(&["--int8"]).status.code(), Some(2));
+    assert_eq!(std::fs::read_to_string(&side).unwrap(), record);
+    // The same settings continue.
+    let same = run(&["--resume"]);
+    assert_eq!(same.status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+    // A file begun without a record continues with a warning, and gets one.
+    std::fs::remove_file(&side).unwrap();
+    let old = run(&["--resume"]);
+    assert_eq!(old.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("warning"));
+    assert_eq!(std::fs::read_to_string(&side).unwrap(), record);
+}
+
+#[test]
 fn a_killed_run_resumes_with_every_photo_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
