@@ -229,15 +229,11 @@ fn settings_path(out: &Path) -> PathBuf {
 /// (a hash of the `--labels` file) with `--contradict-confidence`.
 fn run_settings(args: &ClassifyArgs) -> Result<serde_json::Value> {
     let mut s = args.model.identity()?;
-    let labels = match &args.labels {
-        Some(p) => Some(format!(
-            "{:016x}",
-            fashion::hash::of(
-                &std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?
-            )
-        )),
-        None => None,
-    };
+    let labels = args
+        .labels
+        .as_deref()
+        .map(|p| crate::model::file_hash(p, "labels"))
+        .transpose()?;
     // Confidences as typed (0.9, not 0.899999976 as a float32 widened).
     let typed = |x: f32| x.to_string().parse::<f64>().unwrap_or_default();
     s["top"] = args.top.into();

@@ -91,21 +91,17 @@ impl ModelArgs {
     /// decoded, once.
     pub fn workers(&self, options: ClassifyOptions, n: usize) -> Result<Vec<Classifier>> {
         let bytes = self.bytes()?;
-        let first = self.classifier_from(&bytes, options.clone(), Threads::single(1), true)?;
-        let mut out = Vec::with_capacity(n.max(1));
+        let mut out =
+            vec![self.classifier_from(&bytes, options.clone(), Threads::single(1), true)?];
         for _ in 1..n {
             // The replica's metadata is the first's, `--fit` included.
-            let model = first
+            let model = out[0]
                 .model
                 .replica(&bytes, Threads::single(1))
                 .context("cannot load")?;
-            out.push(Classifier::new(
-                model,
-                first.vocabulary.clone(),
-                options.clone(),
-            ));
+            let vocabulary = out[0].vocabulary.clone();
+            out.push(Classifier::new(model, vocabulary, options.clone()));
         }
-        out.insert(0, first);
         Ok(out)
     }
 
@@ -113,22 +109,16 @@ impl ModelArgs {
     /// with the run it continues: a hash of the model file as given (`--model`, the built-in
     /// model or its `--int8` variant), `--fast`, `--fit`, and a hash of the `--colours` file.
     pub fn identity(&self) -> Result<serde_json::Value> {
-        let hash = |b: &[u8]| format!("{:016x}", fashion::hash::of(b));
         let model = match &self.model {
-            Some(p) => hash(
-                &std::fs::read(p).with_context(|| format!("cannot read model {}", p.display()))?,
-            ),
-            None if self.int8 => hash(INT8_MODEL),
-            None => hash(DEFAULT_MODEL),
+            Some(p) => file_hash(p, "model")?,
+            None if self.int8 => hex_hash(INT8_MODEL),
+            None => hex_hash(DEFAULT_MODEL),
         };
-        let colours = match &self.colours {
-            Some(p) => {
-                Some(hash(&std::fs::read(p).with_context(|| {
-                    format!("cannot read colours {}", p.display())
-                })?))
-            }
-            None => None,
-        };
+        let colours = self
+            .colours
+            .as_deref()
+            .map(|p| file_hash(p, "colours"))
+            .transpose()?;
         Ok(serde_json::json!({
             "model": model,
             "fast": self.fast,
@@ -203,6 +193,18 @@ impl ModelArgs {
             }
         }
     }
+}
+
+/// The FNV-1a hash of `bytes` as 16 hex digits.
+fn hex_hash(bytes: &[u8]) -> String {
+    format!("{:016x}", fashion::hash::of(bytes))
+}
+
+/// [`hex_hash`] of the file at `path`; `what` names it in the error.
+pub fn file_hash(path: &Path, what: &str) -> Result<String> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    Ok(hex_hash(&bytes))
 }
 
 /// The built-in model, trained on DeepFashion In-shop and Fashion Product Images (see
