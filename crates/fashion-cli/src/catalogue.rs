@@ -288,7 +288,9 @@ impl Products {
     /// Writes one JSON line per product; returns (products, photos that disagree).
     pub fn write(&self, out: &Path) -> Result<(usize, usize)> {
         let answers = self.answers();
-        let tmp = out.with_extension("partial");
+        let mut tmp = out.as_os_str().to_owned();
+        tmp.push(".partial");
+        let tmp = PathBuf::from(tmp);
         let mut w = std::io::BufWriter::new(
             std::fs::File::create(&tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?,

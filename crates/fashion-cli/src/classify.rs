@@ -58,8 +58,8 @@ pub struct ClassifyArgs {
     /// `'/(id_[0-9]+)/'`). Products are written to --products.
     #[arg(long, value_name = "COLUMN|REGEX")]
     group_by: Option<String>,
-    /// Where --group-by writes one JSON line per product [default: next to --out, with
-    /// `.products.jsonl`].
+    /// Where --group-by writes one JSON line per product [default: next to --out:
+    /// `tags.jsonl` gives `tags.products.jsonl`, `tags.csv` gives `tags.csv.products.jsonl`].
     #[arg(long, value_name = "FILE", requires = "group_by")]
     products: Option<PathBuf>,
     /// Catalogue labels to check: a CSV with a `path` column and columns named after the model's
@@ -224,6 +224,88 @@ fn settings_path(out: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Where `--group-by` writes its products by default: beside `out`, `tags.jsonl` giving
+/// `tags.products.jsonl`; any other name keeps its extension (`tags.csv.products.jsonl`), so that
+/// the runs into `tags.csv` and `tags.jsonl` keep theirs apart.
+fn default_products_path(out: &Path) -> PathBuf {
+    if out.extension().is_some_and(|e| e == "jsonl") {
+        out.with_extension("products.jsonl")
+    } else {
+        let mut name = out.as_os_str().to_owned();
+        name.push(".products.jsonl");
+        PathBuf::from(name)
+    }
+}
+
+/// Refuses a run that would write over one of its own files: `--out` naming an input list or
+/// `--labels`, or `--products` naming any of those, `--out` or its settings record. The folder
+/// of `--products` must exist, as the products are written only once every photo is answered.
+fn check_written_files(args: &ClassifyArgs, products: Option<&Path>) -> Result<()> {
+    let mut read: Vec<(PathBuf, &str)> = args
+        .inputs
+        .iter()
+        .filter(|i| Path::new(i).is_file())
+        .map(|i| (PathBuf::from(i), "an input"))
+        .collect();
+    if let Some(labels) = &args.labels {
+        read.push((labels.clone(), "--labels"));
+    }
+    let same = |written: &Path, others: &[(PathBuf, &str)]| {
+        let target = comparable(written);
+        others
+            .iter()
+            .find(|(p, _)| comparable(p) == target)
+            .map(|(_, what)| what.to_string())
+    };
+    if let Some(out) = &args.out {
+        if let Some(what) = same(out, &read) {
+            bail!(
+                "--out {} is {what}: name another file for the answers",
+                out.display()
+            );
+        }
+        read.push((out.clone(), "--out"));
+        read.push((settings_path(out), "the settings record of --out"));
+    }
+    if let Some(products) = products {
+        let folder = folder_of(products);
+        if !folder.is_dir() {
+            bail!(
+                "cannot write --products {}: folder {} does not exist",
+                products.display(),
+                folder.display()
+            );
+        }
+        if let Some(what) = same(products, &read) {
+            bail!(
+                "--products {} is {what}: writing the products there would replace it; name another file",
+                products.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The folder a file is in (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(f) if !f.as_os_str().is_empty() => f,
+        _ => Path::new("."),
+    }
+}
+
+/// A path in a form two names of one file share, whether or not the file exists yet: the
+/// canonical folder joined with the file name.
+fn comparable(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (folder_of(path).canonicalize(), path.file_name()) {
+        (Ok(f), Some(name)) => f.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// What decides the lines a run writes: the model and how it runs
 /// ([`crate::model::ModelArgs::identity`]), `--top`, `--min-confidence`, and the labels checked
 /// (a hash of the `--labels` file) with `--contradict-confidence`.
@@ -315,9 +397,10 @@ pub fn run(args: ClassifyArgs) -> Result<ExitCode> {
     let products_path = match (&group_by, &args.products, &args.out) {
         (None, _, _) => None,
         (Some(_), Some(p), _) => Some(p.clone()),
-        (Some(_), None, Some(out)) => Some(out.with_extension("products.jsonl")),
+        (Some(_), None, Some(out)) => Some(default_products_path(out)),
         (Some(_), None, None) => bail!("--group-by needs --products FILE (or --out)"),
     };
+    check_written_files(&args, products_path.as_deref())?;
     if group_by.is_some() && args.resume && matches!(format, Format::Csv) {
         bail!("--group-by with --resume reads the earlier answers back: use a .jsonl --out");
     }

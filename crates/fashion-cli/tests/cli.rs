@@ -601,6 +601,84 @@ fn group_by_combines_each_products_photos_by_mean_probability() {
 }
 
 #[test]
+fn answers_and_products_never_replace_the_runs_own_files_and_default_apart() {
+    let dir = catalogue();
+    let d = dir.path();
+    let csv = d.join("photos.csv");
+    let listed = std::fs::read(&csv).unwrap();
+    let tags = d.join("tags.jsonl");
+    std::fs::write(&tags, "").unwrap();
+    let labels = d.join("labels.csv");
+    std::fs::write(&labels, "path,category\n").unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["classify", "--group-by", "sku", csv.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        fashion(&a, None)
+    };
+    let aliased = d.join("p1").join("..").join("photos.csv");
+    let nowhere = d.join("no/such/p.jsonl");
+    let refused: [(Vec<&str>, &str); 5] = [
+        (
+            vec![
+                "--out",
+                tags.to_str().unwrap(),
+                "--resume",
+                "--products",
+                tags.to_str().unwrap(),
+            ],
+            "is --out",
+        ),
+        (vec!["--products", aliased.to_str().unwrap()], "is an input"),
+        (
+            vec!["--out", aliased.to_str().unwrap(), "--resume"],
+            "is an input",
+        ),
+        (
+            vec![
+                "--labels",
+                labels.to_str().unwrap(),
+                "--products",
+                labels.to_str().unwrap(),
+            ],
+            "is --labels",
+        ),
+        (
+            vec!["--products", nowhere.to_str().unwrap()],
+            "does not exist",
+        ),
+    ];
+    for (extra, why) in refused {
+        let out = run(&extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(why), "{extra:?}: {err}");
+        // Refused before a photo is answered: nothing written, nothing replaced.
+        assert!(out.stdout.is_empty(), "{extra:?}");
+        assert_eq!(std::fs::read(&csv).unwrap(), listed);
+        assert_eq!(std::fs::read_to_string(&tags).unwrap(), "");
+        assert_eq!(std::fs::read_to_string(&labels).unwrap(), "path,category\n");
+    }
+    std::fs::remove_file(&tags).unwrap();
+
+    // Runs into tags.jsonl and tags.csv keep their products apart.
+    for (out, products) in [
+        ("tags.jsonl", "tags.products.jsonl"),
+        ("tags.csv", "tags.csv.products.jsonl"),
+    ] {
+        let r = run(&["--out", d.join(out).to_str().unwrap()]);
+        assert_eq!(
+            r.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let text = std::fs::read_to_string(d.join(products)).unwrap();
+        assert_eq!(text.lines().count(), 2, "{products}");
+    }
+    assert!(d.join("tags.products.jsonl").exists());
+}
+
+#[test]
 fn labels_flag_only_the_rows_the_model_contradicts() {
     let dir = catalogue();
     let d = dir.path();
