@@ -241,20 +241,21 @@ fn default_products_path(out: &Path) -> PathBuf {
 /// `--labels`, or `--products` naming any of those, `--out` or its settings record. The folder
 /// of `--products` must exist, as the products are written only once every photo is answered.
 fn check_written_files(args: &ClassifyArgs, products: Option<&Path>) -> Result<()> {
+    // Each named once, in its comparable form (a shell glob may give thousands of inputs).
     let mut read: Vec<(PathBuf, &str)> = args
         .inputs
         .iter()
         .filter(|i| Path::new(i).is_file())
-        .map(|i| (PathBuf::from(i), "an input"))
+        .map(|i| (comparable(Path::new(i)), "an input"))
         .collect();
     if let Some(labels) = &args.labels {
-        read.push((labels.clone(), "--labels"));
+        read.push((comparable(labels), "--labels"));
     }
     let same = |written: &Path, others: &[(PathBuf, &str)]| {
         let target = comparable(written);
         others
             .iter()
-            .find(|(p, _)| comparable(p) == target)
+            .find(|(p, _)| *p == target)
             .map(|(_, what)| what.to_string())
     };
     if let Some(out) = &args.out {
@@ -264,8 +265,11 @@ fn check_written_files(args: &ClassifyArgs, products: Option<&Path>) -> Result<(
                 out.display()
             );
         }
-        read.push((out.clone(), "--out"));
-        read.push((settings_path(out), "the settings record of --out"));
+        read.push((comparable(out), "--out"));
+        read.push((
+            comparable(&settings_path(out)),
+            "the settings record of --out",
+        ));
     }
     if let Some(products) = products {
         let folder = folder_of(products);
