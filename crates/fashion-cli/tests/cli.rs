@@ -679,6 +679,38 @@ fn answers_and_products_never_replace_the_runs_own_files_and_default_apart() {
 }
 
 #[test]
+fn a_reader_that_goes_away_stops_the_run_quietly() {
+    use std::io::BufRead;
+    // 40 answers of about 5 kB each: more than a pipe holds, so the run writes after the
+    // reader has gone.
+    let photo = repo_file("samples/dress-red.jpg");
+    let list = format!("{}\n", photo.display()).repeat(40);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fashion"))
+        .args(["classify", "-", "--format", "jsonl", "--top", "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(list.as_bytes())
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("dress-red.jpg"), "{first}");
+    // The reader is dropped here, as `| head -1` would.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("error"), "{err}");
+}
+
+#[test]
 fn labels_flag_only_the_rows_the_model_contradicts() {
     let dir = catalogue();
     let d = dir.path();

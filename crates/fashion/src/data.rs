@@ -12,8 +12,9 @@
 //!   it has one, otherwise from a hash of the product id (1 in 10 to validation).
 //! - [`Layout::Csv`]: a CSV file with a `path` column (relative to the CSV's folder) and any of
 //!   `category`, `view`, `article_type`, `colour_family`, `split`, `group`.
-//! - [`Layout::Folders`]: `<root>/<class>/*.jpg` (all training) or `<root>/{train,val}/<class>/*.jpg`.
-//!   Label `category`.
+//! - [`Layout::Folders`]: `<root>/{train,val}/<class>/*.jpg`, or `<root>/<class>/*.jpg` (or
+//!   `<root>/train/<class>/*.jpg` alone) split by a hash of `<class>/<file name>` (1 in 10 to
+//!   validation, as a CSV without a `split` column). Label `category`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -396,13 +397,16 @@ fn sorted_dir(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn load_folders(root: &Path) -> Result<Vec<Sample>> {
     let (train, val) = (root.join("train"), root.join("val"));
-    let parts: Vec<(PathBuf, Split)> = if train.is_dir() && val.is_dir() {
-        vec![(train, Split::Train), (val, Split::Val)]
+    // `None`: the split comes from a hash of the photo's path under the class folder.
+    let parts: Vec<(PathBuf, Option<Split>)> = if train.is_dir() && val.is_dir() {
+        vec![(train, Some(Split::Train)), (val, Some(Split::Val))]
+    } else if train.is_dir() {
+        vec![(train, None)]
     } else {
-        vec![(root.to_path_buf(), Split::Train)]
+        vec![(root.to_path_buf(), None)]
     };
     let mut out = Vec::new();
-    for (dir, split) in parts {
+    for (dir, given) in parts {
         for class_dir in sorted_dir(&dir)?.into_iter().filter(|p| p.is_dir()) {
             let class = class_dir
                 .file_name()
@@ -413,6 +417,10 @@ fn load_folders(root: &Path) -> Result<Vec<Sample>> {
                 .into_iter()
                 .filter(|p| p.is_file() && is_photo(p))
             {
+                let split = given.unwrap_or_else(|| {
+                    let name = p.file_name().unwrap_or_default().to_string_lossy();
+                    hash_split(&format!("{class}/{name}"))
+                });
                 out.push(Sample {
                     path: p,
                     split,
@@ -487,5 +495,56 @@ mod tests {
         assert_eq!(d.samples[2].labels[CATEGORY], "Dresses");
         assert_eq!(d.samples[2].split, Split::Val);
         assert_eq!(d.samples[2].group.as_deref(), Some("WOMEN/Dresses/id_3"));
+    }
+
+    #[test]
+    fn class_folders_without_a_val_folder_keep_one_in_ten_photos_for_validation() {
+        let write = |root: &Path, sub: &str| {
+            for class in ["Dresses", "Jeans"] {
+                let dir = root.join(sub).join(class);
+                std::fs::create_dir_all(&dir).unwrap();
+                for i in 0..100 {
+                    std::fs::write(dir.join(format!("{i:03}.jpg")), b"jpg").unwrap();
+                }
+            }
+        };
+        let splits = |root: &Path| {
+            let d = Dataset::load(root, Layout::Folders).unwrap();
+            let classes: std::collections::BTreeSet<&str> = d
+                .samples
+                .iter()
+                .map(|s| s.labels[CATEGORY].as_str())
+                .collect();
+            assert_eq!(classes, ["Dresses", "Jeans"].into());
+            let val: Vec<String> = d
+                .samples
+                .iter()
+                .filter(|s| s.split == Split::Val)
+                .map(|s| s.path.strip_prefix(root).unwrap().display().to_string())
+                .collect();
+            (d.samples.len(), val)
+        };
+        // Flat, and under `train/` alone: the same photos go to validation.
+        let (flat, only_train) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write(flat.path(), "");
+        write(only_train.path(), "train");
+        let (n, val) = splits(flat.path());
+        assert_eq!(n, 200);
+        assert!((8..=35).contains(&val.len()), "{} of 200", val.len());
+        for class in ["Dresses/", "Jeans/"] {
+            assert!(val.iter().any(|p| p.starts_with(class)), "{val:?}");
+        }
+        let (n2, val2) = splits(only_train.path());
+        assert_eq!(n2, 200);
+        let under_train: Vec<String> = val.iter().map(|p| format!("train/{p}")).collect();
+        assert_eq!(val2, under_train);
+        // `train/` and `val/`: as given.
+        let given = tempfile::tempdir().unwrap();
+        write(given.path(), "train");
+        write(given.path(), "val");
+        let (n, val) = splits(given.path());
+        assert_eq!(n, 400);
+        assert_eq!(val.len(), 200);
+        assert!(val.iter().all(|p| p.starts_with("val/")));
     }
 }

@@ -428,13 +428,20 @@ pub(super) fn calibrate(
         val_nll_after_calibration: nll(&answered, &data.val_y, c, 1.0),
         seconds: seconds.round(),
     };
-    eprintln!(
-        "{:>14}: val accuracy {:.1}%, top-3 {:.1}%, temperature {:.2}",
-        data.name,
-        100.0 * acc,
-        100.0 * top3,
-        temperature
-    );
+    if val_n == 0 {
+        eprintln!(
+            "{:>14}: no validation photos: accuracy not measured, confidences not calibrated",
+            data.name
+        );
+    } else {
+        eprintln!(
+            "{:>14}: val accuracy {:.1}%, top-3 {:.1}%, temperature {:.2}",
+            data.name,
+            100.0 * acc,
+            100.0 * top3,
+            temperature
+        );
+    }
     summary
 }
 

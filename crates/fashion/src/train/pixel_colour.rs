@@ -187,10 +187,15 @@ pub fn train_pixel_colour(
     let grid = weights
         .into_iter()
         .flat_map(|w| (0..=80).map(move |ti| (w, 0.5f32 * 10f32.powf(ti as f32 / 80.0))));
-    (head.head_weight, head.fusion_temperature) = grid
-        .map(|(w, t)| (w, t, nll(w, t)))
-        .min_by(|a, b| a.2.total_cmp(&b.2))
-        .map_or((1.0, 1.0), |(w, t, _)| (w, t));
+    // Without validation photos nothing can be fitted: the pixels alone (or the config's
+    // weight), at temperature 1.
+    (head.head_weight, head.fusion_temperature) = if val_y.is_empty() {
+        (cfg.head_weight.unwrap_or(0.0), 1.0)
+    } else {
+        grid.map(|(w, t)| (w, t, nll(w, t)))
+            .min_by(|a, b| a.2.total_cmp(&b.2))
+            .map_or((1.0, 1.0), |(w, t, _)| (w, t))
+    };
     let argmax = |p: &[f32]| {
         (0..p.len())
             .max_by(|&a, &b| p[a].total_cmp(&p[b]))
@@ -209,14 +214,19 @@ pub fn train_pixel_colour(
         val_accuracy_pixels: acc(&|i| argmax(&pixel_probs[i])),
         val_accuracy_combined: acc(&|i| argmax(&head.fuse(&val_head[i], &pixel_probs[i]))),
     };
+    let measured = if val_y.is_empty() {
+        "no validation photos: accuracy not measured, nothing fitted".to_string()
+    } else {
+        format!(
+            "val accuracy head {:.1}%, pixels {:.1}%, combined {:.1}%",
+            100.0 * s.val_accuracy_head,
+            100.0 * s.val_accuracy_pixels,
+            100.0 * s.val_accuracy_combined,
+        )
+    };
     eprintln!(
-        "{:>14}: val accuracy head {:.1}%, pixels {:.1}%, combined {:.1}% (head weight {:.2}, temperature {:.2})",
-        "pixel colour",
-        100.0 * s.val_accuracy_head,
-        100.0 * s.val_accuracy_pixels,
-        100.0 * s.val_accuracy_combined,
-        s.head_weight,
-        s.fusion_temperature
+        "{:>14}: {measured} (head weight {:.2}, temperature {:.2})",
+        "pixel colour", s.head_weight, s.fusion_temperature
     );
     Ok(Some((head, s)))
 }

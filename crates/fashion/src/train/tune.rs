@@ -592,7 +592,11 @@ fn train_tail(
                 .zip(&acc)
                 .map(|((h, _), a)| format!("{h} {:.1}%", 100.0 * a))
                 .collect();
-            eprintln!("fine-tuning epoch {epoch}: val {}", shown.join(", "));
+            if data.val.is_empty() {
+                eprintln!("fine-tuning epoch {epoch}: no validation photos to measure on");
+            } else {
+                eprintln!("fine-tuning epoch {epoch}: val {}", shown.join(", "));
+            }
         });
         if epoch == 0 {
             frozen = acc.clone();
