@@ -453,6 +453,18 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     let datasets = load_datasets(job)?;
     let samples: Vec<&Sample> = datasets.iter().flat_map(|d| d.samples.iter()).collect();
     report_photos(&samples, datasets.len());
+    // Said before the features are computed, so that the run can still be stopped.
+    let dropped = heads_not_kept(&backbone_bytes, job.backbone, &samples, cfg.min_class_count);
+    if !dropped.is_empty() {
+        eprintln!(
+            "warning: {} is a trained model, and the data labels none of its heads {}: the new \
+             model is trained from its backbone and will not have them (--only-heads and \
+             --only-pixel-colour train some of a model's heads again, on their own labels, \
+             and keep the rest)",
+            job.backbone.display(),
+            dropped.join(", ")
+        );
+    }
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     let untuned: Vec<&str> = HEAD_ORDER
         .into_iter()
@@ -601,6 +613,24 @@ fn head_labels(samples: &[&Sample], name: &str, min_count: usize) -> Vec<String>
         .iter()
         .filter(|(_, &c)| c >= min_count)
         .map(|(l, _)| l.to_string())
+        .collect()
+}
+
+/// The heads of `backbone`, when it is a trained model, that `samples` give fewer than two
+/// labels to learn: a model trained from it does not have them.
+fn heads_not_kept(
+    backbone: &[u8],
+    name: &Path,
+    samples: &[&Sample],
+    min_count: usize,
+) -> Vec<String> {
+    let Ok(info) = model::read_info(backbone, name) else {
+        return Vec::new();
+    };
+    info.heads
+        .iter()
+        .filter(|h| head_labels(samples, &h.name, min_count).len() < 2)
+        .map(|h| h.name.clone())
         .collect()
 }
 
@@ -819,6 +849,56 @@ mod tests {
             config: cfg,
         })
         .unwrap_err()
+    }
+
+    #[test]
+    fn a_trained_model_as_backbone_names_the_heads_the_data_does_not_label() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let model = root.join("models/default.onnx");
+        let bytes = std::fs::read(&model).unwrap();
+        let sample = |i: usize, labels: &[(&str, &str)]| Sample {
+            path: PathBuf::from(format!("{i}.jpg")),
+            split: Split::Train,
+            group: None,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            attrs: BTreeMap::new(),
+            mask: None,
+        };
+        // Two categories, and one view label only: the view head cannot be learnt either.
+        let owned: Vec<Sample> = (0..6)
+            .map(|i| {
+                let class = if i % 2 == 0 { "Jeans" } else { "Watches" };
+                if i == 0 {
+                    sample(i, &[("category", class), ("view", "front")])
+                } else {
+                    sample(i, &[("category", class)])
+                }
+            })
+            .collect();
+        let samples: Vec<&Sample> = owned.iter().collect();
+        let info = model::read_info(&bytes, &model).unwrap();
+        let mut expected: Vec<String> = info
+            .heads
+            .iter()
+            .map(|h| h.name.clone())
+            .filter(|h| h != "category")
+            .collect();
+        expected.sort();
+        let mut dropped = heads_not_kept(&bytes, &model, &samples, 1);
+        dropped.sort();
+        assert_eq!(dropped, expected);
+        assert!(dropped.contains(&"view".to_string()), "{dropped:?}");
+        // With four photos of a label needed, three of each category are too few: every head
+        // is named.
+        assert_eq!(
+            heads_not_kept(&bytes, &model, &samples, 4).len(),
+            info.heads.len()
+        );
+        // A bare backbone has no heads to lose.
+        assert!(heads_not_kept(b"not a model", &model, &samples, 1).is_empty());
     }
 
     #[test]
