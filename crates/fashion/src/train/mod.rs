@@ -457,10 +457,10 @@ pub fn train(job: &TrainJob) -> Result<TrainSummary> {
     let dropped = heads_not_kept(&backbone_bytes, job.backbone, &samples, cfg.min_class_count);
     if !dropped.is_empty() {
         eprintln!(
-            "warning: {} is a trained model, and the data labels none of its heads {}: the new \
-             model is trained from its backbone and will not have them (--only-heads and \
-             --only-pixel-colour train some of a model's heads again, on their own labels, \
-             and keep the rest)",
+            "warning: {} is a trained model, and the data gives its heads {} fewer than two \
+             labels each to learn: the new model is trained from its backbone and will not \
+             have them (--only-heads and --only-pixel-colour train some of a model's heads \
+             again, on their own labels, and keep the rest)",
             job.backbone.display(),
             dropped.join(", ")
         );
