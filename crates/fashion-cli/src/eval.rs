@@ -68,6 +68,19 @@ pub fn run(args: EvalArgs) -> Result<ExitCode> {
         only.push((k.to_string(), v.to_string()));
     }
     let data = Dataset::load(&args.data, layout).context("cannot load the dataset")?;
+    if let Some(want) = split {
+        let (n, total) = (data.split(Some(want)).len(), data.samples.len());
+        let name = format!("{want:?}").to_lowercase();
+        if n == 0 {
+            bail!(
+                "{} has no photos in its {name} split of {total}: --split all measures every photo",
+                args.data.display()
+            );
+        }
+        if n < total {
+            eprintln!("measuring the {n} photos of the {name} split, of {total} (--split all measures every photo)");
+        }
+    }
     let classifier = args.model.classifier(ClassifyOptions::default())?;
     let report = evaluate(
         &classifier,

@@ -711,6 +711,57 @@ fn a_reader_that_goes_away_stops_the_run_quietly() {
 }
 
 #[test]
+fn eval_says_how_many_photos_its_split_measures() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Class folders without `val/`: 1 photo in 10 is validation, by a hash of its name.
+    for (class, colour) in [("Jeans", [31, 42, 68]), ("Dresses", [200, 16, 46])] {
+        std::fs::create_dir(d.join(class)).unwrap();
+        for i in 0..15 {
+            garment(&d.join(class).join(format!("{i}.png")), colour);
+        }
+    }
+    let eval = |extra: &[&str]| {
+        let mut a = vec!["eval", "--data", d.to_str().unwrap(), "--layout", "folders"];
+        a.extend_from_slice(extra);
+        fashion(&a, None)
+    };
+    let val = eval(&[]);
+    let err = String::from_utf8_lossy(&val.stderr);
+    assert_eq!(val.status.code(), Some(0), "{err}");
+    let said = err
+        .lines()
+        .find_map(|l| l.strip_prefix("measuring the "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let n: usize = said.split(' ').next().unwrap().parse().unwrap();
+    assert!((1..30).contains(&n), "{said}");
+    assert!(
+        said.ends_with("of 30 (--split all measures every photo)"),
+        "{said}"
+    );
+    let report = String::from_utf8_lossy(&val.stdout);
+    assert!(
+        report.contains(&format!("{n} photos, 0 failed")),
+        "{report}"
+    );
+    let all = eval(&["--split", "all"]);
+    assert_eq!(all.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&all.stderr).contains("measuring"));
+    assert!(String::from_utf8_lossy(&all.stdout).contains("30 photos, 0 failed"));
+    // A split without photos is refused with the way out.
+    std::fs::create_dir_all(d.join("train/Jeans")).unwrap();
+    std::fs::create_dir_all(d.join("val/Jeans")).unwrap();
+    garment(&d.join("train/Jeans/0.png"), [31, 42, 68]);
+    let none = eval(&[]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(none.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no photos in its val split of 1: --split all"),
+        "{err}"
+    );
+}
+
+#[test]
 fn labels_flag_only_the_rows_the_model_contradicts() {
     let dir = catalogue();
     let d = dir.path();
