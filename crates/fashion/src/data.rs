@@ -11,7 +11,8 @@
 //!   do not map one-to-one onto In-shop's categories. The split comes from a `manifest.csv` beside `styles.csv` when
 //!   it has one, otherwise from a hash of the product id (1 in 10 to validation).
 //! - [`Layout::Csv`]: a CSV file with a `path` column (relative to the CSV's folder) and any of
-//!   `category`, `view`, `article_type`, `colour_family`, `split`, `group`.
+//!   `category`, `view`, `article_type`, `colour_family`, `split`, `group`. Without `split`, a
+//!   hash of the `group` (else of the path) sends 1 in 10 to validation.
 //! - [`Layout::Folders`]: `<root>/{train,val}/<class>/*.jpg`, or `<root>/<class>/*.jpg` (or
 //!   `<root>/train/<class>/*.jpg` alone) split by a hash of `<class>/<file name>` (1 in 10 to
 //!   validation, as a CSV without a `split` column). Label `category`.
@@ -354,7 +355,12 @@ fn load_csv(file: &Path) -> Result<Vec<Sample>> {
         let split = match split_col {
             Some(c) => parse_split(&rec[c])
                 .map_err(|m| Error::bad_data(file, format!("row {}: {m}", i + 2)))?,
-            None => hash_split(rel),
+            // By product where the CSV says which photos show one, so that no product is
+            // both learnt and measured on.
+            None => match group_col.map(|c| &rec[c]).filter(|g| !g.is_empty()) {
+                Some(group) => hash_split(group),
+                None => hash_split(rel),
+            },
         };
         let labels = label_cols
             .iter()
@@ -546,5 +552,36 @@ mod tests {
         assert_eq!(n, 400);
         assert_eq!(val.len(), 200);
         assert!(val.iter().all(|p| p.starts_with("val/")));
+    }
+
+    #[test]
+    fn a_csv_without_a_split_keeps_each_products_photos_on_one_side() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("path,category,group\n");
+        for product in 0..60 {
+            for photo in 0..4 {
+                csv += &format!("p{product}_{photo}.jpg,Dresses,p{product}\n");
+            }
+        }
+        csv += "loose.jpg,Dresses,\n";
+        let file = dir.path().join("photos.csv");
+        std::fs::write(&file, csv).unwrap();
+        let d = Dataset::load(&file, Layout::Csv).unwrap();
+        assert_eq!(d.samples.len(), 241);
+        let mut sides: BTreeMap<&str, Vec<Split>> = BTreeMap::new();
+        for s in &d.samples[..240] {
+            sides
+                .entry(s.group.as_deref().unwrap())
+                .or_default()
+                .push(s.split);
+        }
+        assert!(
+            sides.values().all(|v| v.iter().all(|s| *s == v[0])),
+            "{sides:?}"
+        );
+        let val = sides.values().filter(|v| v[0] == Split::Val).count();
+        assert!((1..20).contains(&val), "{val} of 60 products in validation");
+        // Without a group, the photo's path decides, as it always has.
+        assert_eq!(d.samples[240].split, hash_split("loose.jpg"));
     }
 }
