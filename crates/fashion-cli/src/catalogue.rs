@@ -288,9 +288,7 @@ impl Products {
     /// Writes one JSON line per product; returns (products, photos that disagree).
     pub fn write(&self, out: &Path) -> Result<(usize, usize)> {
         let answers = self.answers();
-        let mut tmp = out.as_os_str().to_owned();
-        tmp.push(".partial");
-        let tmp = PathBuf::from(tmp);
+        let tmp = with_suffix(out, ".partial");
         let mut w = std::io::BufWriter::new(
             std::fs::File::create(&tmp)
                 .with_context(|| format!("cannot write {}", tmp.display()))?,
@@ -304,6 +302,14 @@ impl Products {
         std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
         Ok((answers.len(), disagree))
     }
+}
+
+/// `path` with `suffix` added to its whole file name (`tags.csv` + `.partial` gives
+/// `tags.csv.partial`), so that files beside `tags.csv` and `tags.jsonl` keep apart.
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// Catalogue labels to check: photo -> head -> given label.

@@ -219,9 +219,7 @@ fn open_output(
 /// Where the settings of a run into `out` are kept: beside it, its name followed by
 /// `.settings.json` (`tags.csv` and `tags.jsonl` keep theirs apart).
 fn settings_path(out: &Path) -> PathBuf {
-    let mut name = out.as_os_str().to_owned();
-    name.push(".settings.json");
-    PathBuf::from(name)
+    crate::catalogue::with_suffix(out, ".settings.json")
 }
 
 /// Where `--group-by` writes its products by default: beside `out`, `tags.jsonl` giving
@@ -231,9 +229,7 @@ fn default_products_path(out: &Path) -> PathBuf {
     if out.extension().is_some_and(|e| e == "jsonl") {
         out.with_extension("products.jsonl")
     } else {
-        let mut name = out.as_os_str().to_owned();
-        name.push(".products.jsonl");
-        PathBuf::from(name)
+        crate::catalogue::with_suffix(out, ".products.jsonl")
     }
 }
 
