@@ -1174,13 +1174,24 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
         run
     };
     let out = d.join("out.onnx");
-    let run = train(&[], &out);
-    // The new head learned from these photos: 4 of them are validation photos.
+    // Default settings but for fewer drawn photos of vivid colours.
+    let few_drawn = d.join("few-drawn.toml");
+    std::fs::write(&few_drawn, "[pixel_colour]\nvivid_photos = 24\n").unwrap();
+    let run = train(&["--config", few_drawn.to_str().unwrap()], &out);
+    // The new head learned from these photos: 4 of them are validation photos. Its training
+    // photos are the 8 others (300x400, so no portrait copies) and the 24 drawn ones (those
+    // drawn square also as portraits).
     let bytes = std::fs::read(&out).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("\"garment_features\":true"));
     let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(summary["heads"]["pixel_colour"]["val_rows"], 4);
+    let rows = summary["heads"]["pixel_colour"]["train_rows"]
+        .as_u64()
+        .unwrap();
+    assert!((8 + 24..=8 + 48).contains(&rows), "{rows} training rows");
+    assert!(String::from_utf8_lossy(&run.stderr)
+        .contains("24 drawn photos of garments in vivid colours join the training photos"));
     // Everything else is the model it started from.
     let photo = d.join("blue1.png");
     let before = classify_one(&photo, &["--model", shipped.to_str().unwrap()]);
@@ -1189,9 +1200,17 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
     let diff = max_diff(&probabilities(&before), &probabilities(&after));
     assert!(diff < 1e-6, "the other heads moved by {diff}");
     assert_eq!(before["category"]["top"].as_array().unwrap().len(), 30);
-    // With the shipped config the head is boosted trees, without the colour_family head's vote.
+    // With the shipped config the head is boosted trees, without the colour_family head's vote
+    // (here with fewer drawn photos).
     let trees_out = d.join("trees.onnx");
-    let config = repo_file("configs/default.toml");
+    let shipped_config = std::fs::read_to_string(repo_file("configs/default.toml")).unwrap();
+    assert!(shipped_config.contains("\nvivid_photos = 1700\n"));
+    let config = d.join("shipped.toml");
+    std::fs::write(
+        &config,
+        shipped_config.replace("\nvivid_photos = 1700\n", "\nvivid_photos = 24\n"),
+    )
+    .unwrap();
     train(&["--config", config.to_str().unwrap()], &trees_out);
     let text = String::from_utf8_lossy(&std::fs::read(&trees_out).unwrap()).into_owned();
     assert!(text.contains("\"trees\":\"") && text.contains("\"head_weight\":0.0"));

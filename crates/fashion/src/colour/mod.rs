@@ -593,6 +593,66 @@ mod tests {
         assert_eq!(v.name(srgb_to_lab([250, 250, 250])).family, "white");
     }
 
+    /// CSS named colours whose family no one would argue (the CSS Color Module's sRGB values),
+    /// vivid and dark ones included: CIEDE2000 was fitted to small differences, and a
+    /// saturated colour far from every anchor can land on a grey one unless the vocabulary has
+    /// vivid anchors too.
+    #[test]
+    fn vocabulary_names_css_colours_by_their_family() {
+        let v = Vocabulary::default();
+        let css: [(&str, u32, &str); 40] = [
+            ("blue", 0x0000ff, "blue"),
+            ("mediumblue", 0x0000cd, "blue"),
+            ("darkblue", 0x00008b, "blue"),
+            ("navy", 0x000080, "blue"),
+            ("royalblue", 0x4169e1, "blue"),
+            ("dodgerblue", 0x1e90ff, "blue"),
+            ("deepskyblue", 0x00bfff, "blue"),
+            ("lightblue", 0xadd8e6, "blue"),
+            ("red", 0xff0000, "red"),
+            ("darkred", 0x8b0000, "red"),
+            ("crimson", 0xdc143c, "red"),
+            ("firebrick", 0xb22222, "red"),
+            ("maroon", 0x800000, "red"),
+            ("hotpink", 0xff69b4, "pink"),
+            ("deeppink", 0xff1493, "pink"),
+            ("fuchsia", 0xff00ff, "pink"),
+            ("pink", 0xffc0cb, "pink"),
+            ("purple", 0x800080, "purple"),
+            ("indigo", 0x4b0082, "purple"),
+            ("darkviolet", 0x9400d3, "purple"),
+            ("blueviolet", 0x8a2be2, "purple"),
+            ("rebeccapurple", 0x663399, "purple"),
+            ("lime", 0x00ff00, "green"),
+            ("green", 0x008000, "green"),
+            ("darkgreen", 0x006400, "green"),
+            ("forestgreen", 0x228b22, "green"),
+            ("limegreen", 0x32cd32, "green"),
+            ("olive", 0x808000, "green"),
+            ("yellow", 0xffff00, "yellow"),
+            ("gold", 0xffd700, "yellow"),
+            ("orange", 0xffa500, "orange"),
+            ("darkorange", 0xff8c00, "orange"),
+            ("saddlebrown", 0x8b4513, "brown"),
+            ("chocolate", 0x7b3f00, "brown"),
+            ("gray", 0x808080, "grey"),
+            ("dimgray", 0x696969, "grey"),
+            ("silver", 0xc0c0c0, "grey"),
+            ("black", 0x000000, "black"),
+            ("white", 0xffffff, "white"),
+            ("beige", 0xf5f5dc, "beige"),
+        ];
+        let wrong: Vec<String> = css
+            .iter()
+            .filter_map(|&(name, rgb, family)| {
+                let [_, r, g, b] = rgb.to_be_bytes();
+                let got = v.name(srgb_to_lab([r, g, b]));
+                (got.family != family).then(|| format!("{name} -> {} ({})", got.name, got.family))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:?}");
+    }
+
     #[test]
     fn shade_of_names_the_familys_largest_swatch() {
         let v = Vocabulary::default();

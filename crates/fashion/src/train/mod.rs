@@ -12,6 +12,7 @@ pub mod features;
 mod heads;
 mod mask;
 mod pixel_colour;
+pub mod synthetic;
 mod trees;
 mod tune;
 
@@ -149,6 +150,9 @@ pub struct PixelColourConfig {
     /// validation split.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head_weight: Option<f32>,
+    /// Drawn photos of garments in vivid colours added to its training photos (see
+    /// [`synthetic`]); 0 adds none.
+    pub vivid_photos: usize,
 }
 
 impl Default for PixelColourConfig {
@@ -164,6 +168,7 @@ impl Default for PixelColourConfig {
             class_balance: h.class_balance,
             trees: None,
             head_weight: None,
+            vivid_photos: 1700,
         }
     }
 }

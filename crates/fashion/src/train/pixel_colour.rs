@@ -1,7 +1,8 @@
 //! Training the pixel colour head ([`crate::model::PixelColourHead`]): the model built so far
 //! (backbone, heads, garment mask) classifies every colour-labelled photo as `fashion classify`
 //! would; the colour features of the pixels its palette used are the inputs of one more
-//! classifier head, trained like the others (or boosted trees, `[pixel_colour.trees]`); then
+//! classifier head, trained like the others (or boosted trees, `[pixel_colour.trees]`), with
+//! drawn photos of garments in vivid colours among its training photos ([`super::synthetic`]); then
 //! the weight of the `colour_family` head's vote (unless the config sets it) and the temperature
 //! of the combined answer are fitted on the validation split.
 
@@ -21,6 +22,7 @@ use crate::predict::{Classifier, ClassifyOptions, Prepared};
 use crate::Preprocess;
 
 use super::heads::{self, HeadData, HeadSummary};
+use super::synthetic::{draw, vivid_garments};
 use super::PixelColourConfig;
 
 /// What training the pixel colour head measured on the validation split.
@@ -59,13 +61,30 @@ pub fn train_pixel_colour(
         .iter()
         .map(|c| c.lab)
         .collect();
-    let labelled: Vec<(&Sample, usize)> = samples
+    let mut labelled: Vec<(Source, usize)> = samples
         .iter()
         .filter_map(|s| {
             let l = s.labels.get(COLOUR_FAMILY)?;
-            labels.iter().position(|x| x == l).map(|i| (*s, i))
+            labels
+                .iter()
+                .position(|x| x == l)
+                .map(|i| (Source::Photo(s), i))
         })
         .collect();
+    if labelled.is_empty() {
+        return Err(Error::Training(
+            "pixel colour: no photo with a colour family label".into(),
+        ));
+    }
+    let vivid = vivid_garments(cfg.vivid_photos, seed, &classifier.vocabulary, &labels);
+    if !vivid.is_empty() {
+        eprintln!(
+            "{:>14}: {} drawn photos of garments in vivid colours join the training photos",
+            "pixel colour",
+            vivid.len()
+        );
+    }
+    labelled.extend(vivid.iter().map(|g| (Source::Drawn(g.seed), g.class)));
     // Models with the garment's own features give them to the head too.
     let garment_features = classifier.model.has_garment_features();
     let dim = PixelColourHead::input_len_of(anchors.len(), true, garment_features);
@@ -86,12 +105,13 @@ pub fn train_pixel_colour(
         // once for both. Training photos are learnt in both shapes; validation photos in both
         // shapes fit the fusion.
         let pre = &classifier.model.info.preprocess;
-        let prepared: Vec<(Prepared, bool, &(&Sample, usize))> = chunk
+        let prepared: Vec<(Prepared, bool, &(Source, usize))> = chunk
             .par_iter()
             .flat_map_iter(|entry| {
-                let img = pre
-                    .load_photo(&entry.0.path, classifier.options.max_pixels)
-                    .ok();
+                let img = match entry.0 {
+                    Source::Photo(s) => pre.load_photo(&s.path, classifier.options.max_pixels).ok(),
+                    Source::Drawn(seed) => Some(draw(seed)),
+                };
                 let photo = img.as_ref().and_then(|i| pre.square(i).ok());
                 let portrait = img
                     .as_ref()
@@ -105,7 +125,7 @@ pub fn train_pixel_colour(
             })
             .collect();
         let photos: Vec<&Prepared> = prepared.iter().map(|(p, _, _)| p).collect();
-        for ((prep, portrait, (sample, class)), out) in
+        for ((prep, portrait, (source, class)), out) in
             prepared.iter().zip(classifier.infer(&photos)?)
         {
             let model_features = out.garment_features.clone();
@@ -120,7 +140,7 @@ pub fn train_pixel_colour(
             for v in &f {
                 key = fnv1a(key, &v.to_le_bytes());
             }
-            match sample.split {
+            match source.split() {
                 Split::Train => data.push_train(f, *class),
                 Split::Val => {
                     val_feats.push(f.clone());
@@ -141,11 +161,6 @@ pub fn train_pixel_colour(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    if labelled.is_empty() {
-        return Err(Error::Training(
-            "pixel colour: no photo with a colour family label".into(),
-        ));
-    }
     let (classifier, summary) = match &cfg.trees {
         Some(trees) => {
             let (t, s) = super::trees::train_trees(&data, trees, seed, threads)?;
@@ -229,6 +244,22 @@ pub fn train_pixel_colour(
         "pixel colour", s.head_weight, s.fusion_temperature
     );
     Ok(Some((head, s)))
+}
+
+/// A photo the head learns from: a labelled one, or one drawn ([`super::synthetic`]), which is
+/// always a training photo.
+enum Source<'a> {
+    Photo(&'a Sample),
+    Drawn(u64),
+}
+
+impl Source<'_> {
+    fn split(&self) -> Split {
+        match self {
+            Source::Photo(s) => s.split,
+            Source::Drawn(_) => Split::Train,
+        }
+    }
 }
 
 /// The model's square of a square photo stretched back to a 3:4 portrait (its width cut by a
