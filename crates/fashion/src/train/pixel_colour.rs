@@ -2,9 +2,10 @@
 //! (backbone, heads, garment mask) classifies every colour-labelled photo as `fashion classify`
 //! would; the colour features of the pixels its palette used are the inputs of one more
 //! classifier head, trained like the others (or boosted trees, `[pixel_colour.trees]`), with
-//! drawn photos of garments in vivid colours among its training photos ([`super::synthetic`]); then
-//! the weight of the `colour_family` head's vote (unless the config sets it) and the temperature
-//! of the combined answer are fitted on the validation split.
+//! drawn photos of garments in vivid colours among its training photos
+//! ([`super::synthetic`]); then the weight of the `colour_family` head's vote (unless the
+//! config sets it) and the temperature of the combined answer are fitted on the validation
+//! split.
 
 use std::path::Path;
 

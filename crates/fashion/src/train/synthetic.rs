@@ -3,12 +3,12 @@
 //!
 //! Catalogue photos have few garments of saturated colour, and a classifier learnt on them
 //! answers such colours by extrapolation: the built-in model's pixel colour head, trained on
-//! FPI alone, named 96 of 557 drawn garments of such colours otherwise than the palette does,
-//! pure blues as purple and bright yellows as green. A drawn photo is one of four garment
-//! outlines (tee, shirt, trousers, dress), jittered, filled with one colour, shaded top to
-//! bottom and side to side, with folds and noise, on a light plain background, 300x400 or
-//! squashed to 224x224, and JPEG-compressed as a catalogue photo is. Its label is the family the
-//! vocabulary names its colour (CIEDE2000, as the palette names colours), and only colours of
+//! FPI alone, names 96 of 557 drawn garments of CIELAB chroma 45 or more otherwise than the
+//! palette does, pure blues as purple and bright yellows as green. A drawn photo is one of
+//! four garment outlines (tee, shirt, trousers, dress), jittered, filled with one colour,
+//! shaded top to bottom and side to side, with folds and noise, on a light plain background,
+//! 300x400 or squashed to 224x224, and JPEG-compressed as a catalogue photo is. Its label is
+//! the family the vocabulary names its colour (CIEDE2000, as the palette names colours), and only colours of
 //! CIELAB chroma [`MIN_CHROMA`] or more are drawn: there the family is not a matter of a
 //! catalogue's conventions (grey against navy, cream against white), which the labelled photos
 //! teach.
