@@ -151,7 +151,7 @@ pub struct PixelColourConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head_weight: Option<f32>,
     /// Drawn photos of garments in vivid colours added to its training photos (see
-    /// [`synthetic`]); 0 adds none.
+    /// [`synthetic`]), at most as many as the labelled training photos; 0 adds none.
     pub vivid_photos: usize,
 }
 

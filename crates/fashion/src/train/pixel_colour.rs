@@ -77,10 +77,22 @@ pub fn train_pixel_colour(
             "pixel colour: no photo with a colour family label".into(),
         ));
     }
-    let vivid = vivid_garments(cfg.vivid_photos, seed, &classifier.vocabulary, &labels);
+    // Drawn photos never outnumber the labelled training photos: a small set keeps its own
+    // conventions.
+    let train_photos = labelled
+        .iter()
+        .filter(|(s, _)| s.split() == Split::Train)
+        .count();
+    let wanted = cfg.vivid_photos.min(train_photos);
+    let vivid = vivid_garments(wanted, seed, &classifier.vocabulary, &labels);
     if !vivid.is_empty() {
+        let capped = if wanted < cfg.vivid_photos {
+            " (no more than the labelled training photos)"
+        } else {
+            ""
+        };
         eprintln!(
-            "{:>14}: {} drawn photos of garments in vivid colours join the training photos",
+            "{:>14}: {} drawn photos of garments in vivid colours join the training photos{capped}",
             "pixel colour",
             vivid.len()
         );
