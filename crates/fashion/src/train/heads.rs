@@ -116,12 +116,13 @@ pub struct HeadSummary {
     pub train_rows: usize,
     pub val_rows: usize,
     /// Validation accuracy and top-3 on cached features (unflipped photos), of the answers as
-    /// exported (with the head's log prior, where it has one).
-    pub val_accuracy: f64,
-    pub val_top3: f64,
+    /// exported (with the head's log prior, where it has one). These and the log-likelihoods
+    /// are `None` (`null` in the summary) without validation photos: nothing was measured.
+    pub val_accuracy: Option<f64>,
+    pub val_top3: Option<f64>,
     pub temperature: f32,
-    pub val_nll_before_calibration: f64,
-    pub val_nll_after_calibration: f64,
+    pub val_nll_before_calibration: Option<f64>,
+    pub val_nll_after_calibration: Option<f64>,
     pub seconds: f64,
 }
 
@@ -417,15 +418,16 @@ pub(super) fn calibrate(
         .flat_map(|row| info.calibrated(row))
         .collect();
     let (acc, top3) = accuracy(&answered, &data.val_y, c);
+    let measured = |v: f64| (val_n > 0).then_some(v);
     let summary = HeadSummary {
         classes: c,
         train_rows,
         val_rows: val_n,
-        val_accuracy: acc,
-        val_top3: top3,
+        val_accuracy: measured(acc),
+        val_top3: measured(top3),
         temperature,
-        val_nll_before_calibration: nll1,
-        val_nll_after_calibration: nll(&answered, &data.val_y, c, 1.0),
+        val_nll_before_calibration: measured(nll1),
+        val_nll_after_calibration: measured(nll(&answered, &data.val_y, c, 1.0)),
         seconds: seconds.round(),
     };
     if val_n == 0 {
@@ -575,30 +577,45 @@ mod tests {
         assert!(sums.iter().all(|s| (s - sums[0]).abs() < 1e-5), "{sums:?}");
 
         // A head that calls both validation photos the rare class 0 ...
+        let trained = Trained {
+            mean: &[0.0],
+            std: &[1.0],
+            w1: vec![1.0],
+            b1: vec![0.0],
+            w2: vec![1.0, 0.0],
+            b2: vec![0.0, 0.0],
+        };
         let head = |prior: Vec<f32>| {
             let mut data =
                 HeadData::new("h", vec!["rare".into(), "common".into()], 1).following_prior(prior);
             data.push_val(vec![0.5], 1);
             data.push_val(vec![20.0], 0);
-            let trained = Trained {
-                mean: &[0.0],
-                std: &[1.0],
-                w1: vec![1.0],
-                b1: vec![0.0],
-                w2: vec![1.0, 0.0],
-                b2: vec![0.0, 0.0],
-            };
             export_head(&data, &trained, 101, 0.0)
         };
         let (plain, summary) = head(Vec::new());
         assert!(plain.info.log_prior.is_empty());
-        assert_eq!(summary.val_accuracy, 0.5);
+        assert_eq!(summary.val_accuracy, Some(0.5));
         // ... gets the common one right once the prior of 1 against 100 photos is added, and
         // keeps the rare one whose evidence is strong (at any temperature it can fit).
         let prior = log_prior(&[1.0, 100.0], 0.5);
         let (adjusted, summary) = head(prior.clone());
         assert_eq!(adjusted.info.log_prior, prior);
-        assert_eq!(summary.val_accuracy, 1.0);
+        assert_eq!(summary.val_accuracy, Some(1.0));
+        // Without validation photos nothing is measured, and the summary says so with nulls,
+        // not with an accuracy of 0.
+        let mut unmeasured = HeadData::new("h", vec!["rare".into(), "common".into()], 1);
+        unmeasured.push_train(vec![0.5], 1);
+        let (_, summary) = export_head(&unmeasured, &trained, 101, 0.0);
+        assert_eq!((summary.val_rows, summary.temperature), (0, 1.0));
+        let json = serde_json::to_value(&summary).unwrap();
+        for key in [
+            "val_accuracy",
+            "val_top3",
+            "val_nll_before_calibration",
+            "val_nll_after_calibration",
+        ] {
+            assert!(json[key].is_null(), "{key}: {json}");
+        }
     }
 
     #[test]
