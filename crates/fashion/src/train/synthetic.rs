@@ -97,8 +97,8 @@ pub fn vivid_garments(
     vocab: &Vocabulary,
     labels: &[String],
 ) -> Vec<VividGarment> {
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n as u64 * 100 {
+    let mut out = Vec::new();
+    for i in 0..(n as u64).saturating_mul(100) {
         if out.len() == n {
             break;
         }
