@@ -8,10 +8,10 @@
 //! four garment outlines (tee, shirt, trousers, dress), jittered, filled with one colour,
 //! shaded top to bottom and side to side, with folds and noise, on a light plain background,
 //! 300x400 or squashed to 224x224, and JPEG-compressed as a catalogue photo is. Its label is
-//! the family the vocabulary names its colour (CIEDE2000, as the palette names colours), and only colours of
-//! CIELAB chroma [`MIN_CHROMA`] or more are drawn: there the family is not a matter of a
-//! catalogue's conventions (grey against navy, cream against white), which the labelled photos
-//! teach.
+//! the family the vocabulary names its colour (CIEDE2000, as the palette names colours), and
+//! only colours of CIELAB chroma [`MIN_CHROMA`] or more are drawn: there the family is not a
+//! matter of a catalogue's conventions (grey against navy, cream against white), which the
+//! labelled photos teach.
 //!
 //! A photo is drawn from its own seed, so the list of what to draw ([`vivid_garments`]) is
 //! cheap and each photo is drawn only when the training pass reaches it ([`draw`]).
