@@ -467,6 +467,31 @@ mod tests {
     }
 
     #[test]
+    fn fpi_base_colours_named_in_the_vocabulary_keep_its_family() {
+        // A garment FPI calls cream must count as right when the palette calls it cream.
+        let vocab = crate::colour::Vocabulary::default();
+        let mut shared = 0;
+        for l in include_str!("../data/fpi_colour_families.csv")
+            .lines()
+            .skip(1)
+        {
+            let (base, family) = l.split_once(',').unwrap();
+            let Some(c) = vocab
+                .colours
+                .iter()
+                .find(|c| c.name.eq_ignore_ascii_case(base))
+            else {
+                continue;
+            };
+            assert_eq!(c.family, family, "{base}");
+            shared += 1;
+        }
+        assert!(shared >= 25, "only {shared} base colours in the vocabulary");
+        assert_eq!(fpi_colour_family("Cream"), Some("white"));
+        assert_eq!(fpi_colour_family("Off White"), Some("white"));
+    }
+
+    #[test]
     fn fpi_footwear_and_accessories_get_a_shop_category() {
         assert_eq!(fpi_category("Footwear", "Shoes"), Some("Shoes"));
         assert_eq!(
