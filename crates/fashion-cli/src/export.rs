@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 
 /// Write the model for other serving engines: the ONNX file itself, or a Triton Inference Server
@@ -37,9 +37,7 @@ pub fn run(args: ExportArgs) -> Result<ExitCode> {
         if out.exists() {
             bail!("{} already exists", out.display());
         }
-        let tmp = out.with_extension("onnx.partial");
-        std::fs::write(&tmp, &bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+        fashion::train::write_atomically(out, &bytes)?;
         eprintln!("wrote {}", out.display());
     }
     if let Some(dir) = &args.triton {
