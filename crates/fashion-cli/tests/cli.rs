@@ -1150,8 +1150,8 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
     let shipped = repo_file("models/default.onnx");
     // `fashion train --only-pixel-colour` on these photos into `out`, with `extra` arguments;
     // it must succeed.
-    let train = |extra: &[&str], out: &Path| {
-        let (csv, cache) = (d.join("colours.csv"), d.join("cache"));
+    let train = |csv: &Path, extra: &[&str], out: &Path| {
+        let cache = d.join("cache");
         let mut args = vec![
             "train",
             "--csv",
@@ -1177,13 +1177,32 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
     // Default settings but for fewer drawn photos of vivid colours.
     let few_drawn = d.join("few-drawn.toml");
     std::fs::write(&few_drawn, "[pixel_colour]\nvivid_photos = 24\n").unwrap();
-    let run = train(&["--config", few_drawn.to_str().unwrap()], &out);
+    let labels = d.join("colours.csv");
+    let run = train(&labels, &["--config", few_drawn.to_str().unwrap()], &out);
     // The new head learned from these photos: 4 of them are validation photos. Its training
     // photos are the 8 others (300x400, so no portrait copies) and as many drawn ones, no more
     // than the labelled ones of the 24 asked for (those drawn square also as portraits).
     let bytes = std::fs::read(&out).unwrap();
     let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains("\"garment_features\":true"));
+    // The model records what the validation photos measured ...
+    let measured = |text: &str| {
+        ["head", "pixels", "combined"]
+            .map(|k| !text.contains(&format!("\"val_accuracy_{k}\":null")))
+    };
+    assert_eq!(measured(&text), [true; 3]);
+    // ... and, trained without any, that nothing was measured (null, not an accuracy of 0).
+    let unmeasured = d.join("unmeasured.onnx");
+    let train_only = d.join("train-only.csv");
+    let labels_text = std::fs::read_to_string(&labels).unwrap();
+    std::fs::write(&train_only, labels_text.replace(",val\n", ",train\n")).unwrap();
+    let few = ["--config", few_drawn.to_str().unwrap()];
+    let run_unmeasured = train(&train_only, &few, &unmeasured);
+    let text_unmeasured =
+        String::from_utf8_lossy(&std::fs::read(&unmeasured).unwrap()).into_owned();
+    assert_eq!(measured(&text_unmeasured), [false; 3]);
+    assert!(String::from_utf8_lossy(&run_unmeasured.stderr)
+        .contains("no validation photos: accuracy not measured"));
     let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(summary["heads"]["pixel_colour"]["val_rows"], 4);
     let rows = summary["heads"]["pixel_colour"]["train_rows"]
@@ -1213,7 +1232,7 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
         shipped_config.replace("\nvivid_photos = 1700\n", "\nvivid_photos = 24\n"),
     )
     .unwrap();
-    train(&["--config", config.to_str().unwrap()], &trees_out);
+    train(&labels, &["--config", config.to_str().unwrap()], &trees_out);
     let text = String::from_utf8_lossy(&std::fs::read(&trees_out).unwrap()).into_owned();
     assert!(text.contains("\"trees\":\"") && text.contains("\"head_weight\":0.0"));
     let trees = classify_one(&photo, &["--model", trees_out.to_str().unwrap()]);

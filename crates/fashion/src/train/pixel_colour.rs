@@ -32,10 +32,11 @@ pub struct PixelColourSummary {
     pub head: HeadSummary,
     pub fusion_temperature: f32,
     pub head_weight: f32,
-    /// Accuracy of the `colour_family` head alone, of the pixel head alone and of both.
-    pub val_accuracy_head: f64,
-    pub val_accuracy_pixels: f64,
-    pub val_accuracy_combined: f64,
+    /// Accuracy of the `colour_family` head alone, of the pixel head alone and of both (null
+    /// without validation photos: nothing was measured).
+    pub val_accuracy_head: Option<f64>,
+    pub val_accuracy_pixels: Option<f64>,
+    pub val_accuracy_combined: Option<f64>,
 }
 
 /// Trains the head on the samples labelled with a colour family. `model` is the model file
@@ -232,7 +233,7 @@ pub fn train_pixel_colour(
     let acc = |pred: &dyn Fn(usize) -> usize| {
         let plain: Vec<usize> = (0..val_y.len()).filter(|&i| !val_portrait[i]).collect();
         let right = plain.iter().filter(|&&i| pred(i) == val_y[i]).count();
-        right as f64 / plain.len().max(1) as f64
+        (!plain.is_empty()).then(|| right as f64 / plain.len() as f64)
     };
     let s = PixelColourSummary {
         head: summary,
@@ -242,15 +243,18 @@ pub fn train_pixel_colour(
         val_accuracy_pixels: acc(&|i| argmax(&pixel_probs[i])),
         val_accuracy_combined: acc(&|i| argmax(&head.fuse(&val_head[i], &pixel_probs[i]))),
     };
-    let measured = if val_y.is_empty() {
-        "no validation photos: accuracy not measured, nothing fitted".to_string()
-    } else {
-        format!(
+    let measured = match (
+        s.val_accuracy_head,
+        s.val_accuracy_pixels,
+        s.val_accuracy_combined,
+    ) {
+        (Some(head), Some(pixels), Some(combined)) => format!(
             "val accuracy head {:.1}%, pixels {:.1}%, combined {:.1}%",
-            100.0 * s.val_accuracy_head,
-            100.0 * s.val_accuracy_pixels,
-            100.0 * s.val_accuracy_combined,
-        )
+            100.0 * head,
+            100.0 * pixels,
+            100.0 * combined,
+        ),
+        _ => "no validation photos: accuracy not measured, nothing fitted".to_string(),
     };
     eprintln!(
         "{:>14}: {measured} (head weight {:.2}, temperature {:.2})",
