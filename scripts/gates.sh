@@ -18,7 +18,9 @@ out=reports
 mkdir -p "$out"
 
 echo "== golden parity with PyTorch (backbone and built-in model)"
-FASHION_WEIGHTS="$weights" cargo test --release --locked -p fashion --test parity -- --ignored
+# In the test profile: after `make test` it is built already (a release build of the tests
+# would compile the library a third time), and its dependencies are optimised as in release.
+FASHION_WEIGHTS="$weights" cargo test --locked -p fashion --test parity -- --ignored
 
 echo "== In-shop val"
 $fashion eval --data "$data/inshop" --layout inshop --split val --json "$out/inshop-val.json"
