@@ -18,10 +18,11 @@ out=reports
 mkdir -p "$out"
 
 echo "== golden parity with PyTorch (backbone and built-in model)"
-# In the test profile and for the whole workspace, as `make test` builds it, so that nothing is
-# compiled again (a release build of the tests compiles the library a third time, and `-p
-# fashion` alone resolves the dependencies' features otherwise). The numbers compared are
-# computed by ONNX Runtime and by code that optimisation does not change (no fast-math in Rust).
+# In the test profile and for the whole workspace, as `make test` builds it, so that most of
+# that build is reused (a release build of the tests compiles the library and its dependencies a
+# third time; `-p fashion` alone resolves the dependencies' features otherwise). The numbers
+# compared are computed by ONNX Runtime and by code that optimisation does not change (no
+# fast-math in Rust).
 FASHION_WEIGHTS="$weights" cargo test --workspace --locked --test parity -- --ignored
 
 echo "== In-shop val"
