@@ -1178,7 +1178,8 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
     let few_drawn = d.join("few-drawn.toml");
     std::fs::write(&few_drawn, "[pixel_colour]\nvivid_photos = 24\n").unwrap();
     let labels = d.join("colours.csv");
-    let run = train(&labels, &["--config", few_drawn.to_str().unwrap()], &out);
+    let few = ["--config", few_drawn.to_str().unwrap()];
+    let run = train(&labels, &few, &out);
     // The new head learned from these photos: 4 of them are validation photos. Its training
     // photos are the 8 others (300x400, so no portrait copies) and as many drawn ones, no more
     // than the labelled ones of the 24 asked for (those drawn square also as portraits).
@@ -1199,7 +1200,6 @@ fn only_pixel_colour_trains_that_head_and_keeps_the_rest_of_the_model() {
     let train_only = d.join("train-only.csv");
     let labels_text = std::fs::read_to_string(&labels).unwrap();
     std::fs::write(&train_only, labels_text.replace(",val\n", ",train\n")).unwrap();
-    let few = ["--config", few_drawn.to_str().unwrap()];
     let run_unmeasured = train(&train_only, &few, &unmeasured);
     let text_unmeasured =
         String::from_utf8_lossy(&std::fs::read(&unmeasured).unwrap()).into_owned();
